@@ -1,0 +1,389 @@
+//! Typed configuration (TOML). Unknown keys are errors; every error names its key path.
+//!
+//! Parsing happens in two passes: serde (with `serde_path_to_error`, so the first
+//! structural error names its key path), then `validate`, which collects every semantic
+//! error at once so an installer fixes a file in one round.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The embedded default: what `scanside run` uses without --config.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../../firmware-config/default.toml");
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub dicom: DicomConfig,
+    pub storage: StorageConfig,
+    #[serde(default)]
+    pub series: SeriesConfig,
+    pub http: HttpConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DicomConfig {
+    /// Our AE title; associations calling another title are rejected.
+    pub ae_title: String,
+    /// Address and port of the DICOM listener, e.g. "0.0.0.0:11112".
+    pub listen: String,
+    /// Peers allowed to open associations (deny by default).
+    #[serde(default)]
+    pub allowed_peers: Vec<AllowedPeer>,
+    /// Concurrent associations; more are rejected with a transient reason.
+    #[serde(default = "default_max_associations")]
+    pub max_associations: usize,
+    /// Seconds of silence inside an association before it is aborted.
+    #[serde(default = "default_read_timeout_s")]
+    pub read_timeout_s: u64,
+    /// Largest PDU (bytes) we accept; announced in A-ASSOCIATE-AC.
+    #[serde(default = "default_max_pdu_length")]
+    pub max_pdu_length: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AllowedPeer {
+    /// Calling AE title, or "*" for any title from this address.
+    pub ae_title: String,
+    /// An IP address or a CIDR block, e.g. "10.1.2.0/24".
+    pub address: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Spool, index and results live here.
+    pub data_dir: PathBuf,
+    /// Refuse new data (A700) when free space falls below this many bytes.
+    #[serde(default = "default_min_free_bytes")]
+    pub min_free_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SeriesConfig {
+    /// A series with nothing new for this long is complete.
+    #[serde(default = "default_idle_timeout_s")]
+    pub idle_timeout_s: u64,
+    /// After its association is released, a series with nothing new for this long is complete.
+    #[serde(default = "default_release_quiet_s")]
+    pub release_quiet_s: u64,
+}
+
+impl Default for SeriesConfig {
+    fn default() -> Self {
+        SeriesConfig {
+            idle_timeout_s: default_idle_timeout_s(),
+            release_quiet_s: default_release_quiet_s(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address and port of the health/metrics/status listener.
+    pub listen: String,
+}
+
+fn default_max_associations() -> usize {
+    8
+}
+fn default_read_timeout_s() -> u64 {
+    60
+}
+fn default_max_pdu_length() -> u32 {
+    65536
+}
+fn default_min_free_bytes() -> u64 {
+    1 << 30
+}
+fn default_idle_timeout_s() -> u64 {
+    120
+}
+fn default_release_quiet_s() -> u64 {
+    5
+}
+
+/// One configuration error, with the key path it concerns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// All errors found in one file.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors {
+    pub source: String,
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{}: {} error(s)", self.source, self.errors.len())?;
+        for e in &self.errors {
+            writeln!(f, "  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// A peer rule in its parsed form.
+#[derive(Debug, Clone)]
+pub struct PeerRule {
+    pub ae_title: Option<String>,
+    pub net: IpNet,
+}
+
+impl PeerRule {
+    pub fn matches(&self, calling_ae: &str, addr: IpAddr) -> bool {
+        let addr = match addr {
+            // An IPv4 peer on a dual-stack socket shows up as ::ffff:a.b.c.d.
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+            v4 => v4,
+        };
+        self.net.contains(&addr) && self.ae_title.as_deref().is_none_or(|t| t == calling_ae)
+    }
+}
+
+impl Config {
+    pub fn embedded_default() -> Config {
+        Config::parse(EMBEDDED_DEFAULT, "<embedded default>")
+            .expect("the embedded default configuration is valid (checked by a unit test)")
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let source = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+            source: source.clone(),
+            errors: vec![ConfigError {
+                key: "<file>".into(),
+                message: format!("cannot read: {e}"),
+            }],
+        })?;
+        Config::parse(&text, &source)
+    }
+
+    pub fn parse(text: &str, source: &str) -> Result<Config, ConfigErrors> {
+        let one = |key: String, message: String| ConfigErrors {
+            source: source.to_string(),
+            errors: vec![ConfigError { key, message }],
+        };
+        let de = toml::Deserializer::new(text);
+        let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let message = inner.message().to_string();
+            let key = if key == "." { "<top level>".to_string() } else { key };
+            one(key, message)
+        })?;
+        let errors = cfg.validate();
+        if errors.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigErrors {
+                source: source.to_string(),
+                errors,
+            })
+        }
+    }
+
+    /// Semantic checks; returns every problem found.
+    pub fn validate(&self) -> Vec<ConfigError> {
+        let mut errs = Vec::new();
+        let mut err = |key: &str, message: String| {
+            errs.push(ConfigError {
+                key: key.to_string(),
+                message,
+            })
+        };
+        if let Err(m) = check_ae_title(&self.dicom.ae_title) {
+            err("dicom.ae_title", m);
+        }
+        if let Err(m) = parse_listen(&self.dicom.listen) {
+            err("dicom.listen", m);
+        }
+        if self.dicom.max_associations == 0 {
+            err("dicom.max_associations", "must be at least 1".into());
+        }
+        if self.dicom.read_timeout_s == 0 {
+            err("dicom.read_timeout_s", "must be at least 1 second".into());
+        }
+        // PS3.8 allows 4096..=2^32-1 from us; dicom-ul caps at 16 MiB.
+        if !(4096..=16 * 1024 * 1024).contains(&self.dicom.max_pdu_length) {
+            err(
+                "dicom.max_pdu_length",
+                "must be between 4096 and 16777216 bytes".into(),
+            );
+        }
+        for (i, p) in self.dicom.allowed_peers.iter().enumerate() {
+            if p.ae_title != "*" {
+                if let Err(m) = check_ae_title(&p.ae_title) {
+                    err(&format!("dicom.allowed_peers[{i}].ae_title"), m);
+                }
+            }
+            if let Err(m) = parse_net(&p.address) {
+                err(&format!("dicom.allowed_peers[{i}].address"), m);
+            }
+        }
+        if self.storage.data_dir.as_os_str().is_empty() {
+            err("storage.data_dir", "must not be empty".into());
+        }
+        if self.series.idle_timeout_s == 0 {
+            err("series.idle_timeout_s", "must be at least 1 second".into());
+        }
+        if self.series.release_quiet_s > self.series.idle_timeout_s {
+            err(
+                "series.release_quiet_s",
+                format!(
+                    "must not exceed series.idle_timeout_s ({})",
+                    self.series.idle_timeout_s
+                ),
+            );
+        }
+        if let Err(m) = parse_listen(&self.http.listen) {
+            err("http.listen", m);
+        }
+        errs
+    }
+
+    pub fn dicom_listen(&self) -> SocketAddr {
+        parse_listen(&self.dicom.listen).expect("validated")
+    }
+
+    pub fn http_listen(&self) -> SocketAddr {
+        parse_listen(&self.http.listen).expect("validated")
+    }
+
+    pub fn peer_rules(&self) -> Vec<PeerRule> {
+        self.dicom
+            .allowed_peers
+            .iter()
+            .map(|p| PeerRule {
+                ae_title: (p.ae_title != "*").then(|| p.ae_title.clone()),
+                net: parse_net(&p.address).expect("validated"),
+            })
+            .collect()
+    }
+}
+
+/// PS3.5: an AE title is 1..=16 characters of the default repertoire, no backslash
+/// or control characters, and not all spaces.
+pub fn check_ae_title(t: &str) -> Result<(), String> {
+    if t.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    if t.len() > 16 {
+        return Err(format!("{t:?} is longer than 16 characters"));
+    }
+    if t.chars().any(|c| !(' '..='~').contains(&c) || c == '\\') {
+        return Err(format!(
+            "{t:?} has characters outside the DICOM default repertoire"
+        ));
+    }
+    Ok(())
+}
+
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .map_err(|_| format!("{s:?} is not an address:port such as \"0.0.0.0:11112\""))
+}
+
+fn parse_net(s: &str) -> Result<IpNet, String> {
+    if let Ok(net) = s.parse::<IpNet>() {
+        return Ok(net);
+    }
+    s.parse::<IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("{s:?} is neither an IP address nor a CIDR block"))
+}
+
+/// The JSON schema of the configuration, as committed in firmware-config/.
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(Config);
+    serde_json::to_string_pretty(&schema).expect("schema serialises") + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid_and_matches_design() {
+        let c = Config::parse(EMBEDDED_DEFAULT, "default").unwrap();
+        assert_eq!(c.dicom.ae_title, "SCANSIDE");
+        assert_eq!(c.dicom_listen().to_string(), "127.0.0.1:11112");
+        assert_eq!(c.http_listen().to_string(), "127.0.0.1:8080");
+        assert_eq!(c.storage.data_dir, PathBuf::from("./scanside-data"));
+        let rules = c.peer_rules();
+        assert!(rules[0].matches("ANY", "127.0.0.1".parse().unwrap()));
+        assert!(!rules[0].matches("ANY", "10.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn unknown_key_names_its_path() {
+        let text = EMBEDDED_DEFAULT.replace("[storage]", "[storage]\nretension = 3");
+        let e = Config::parse(&text, "x").unwrap_err();
+        assert_eq!(e.errors.len(), 1);
+        assert_eq!(e.errors[0].key, "storage.retension");
+        assert!(e.errors[0].message.contains("unknown field"), "{}", e);
+    }
+
+    #[test]
+    fn wrong_type_names_its_path() {
+        let text = EMBEDDED_DEFAULT.replace("max_associations = 8", "max_associations = \"8\"");
+        let e = Config::parse(&text, "x").unwrap_err();
+        assert_eq!(e.errors[0].key, "dicom.max_associations");
+    }
+
+    #[test]
+    fn semantic_errors_are_all_reported() {
+        let text = EMBEDDED_DEFAULT
+            .replace("ae_title = \"SCANSIDE\"", "ae_title = \"A_TITLE_FAR_TOO_LONG\"")
+            .replace("address = \"127.0.0.1\"", "address = \"10.1.2.0/33\"")
+            .replace("listen = \"127.0.0.1:8080\"", "listen = \"localhost\"");
+        let e = Config::parse(&text, "x").unwrap_err();
+        let keys: Vec<_> = e.errors.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["dicom.ae_title", "dicom.allowed_peers[0].address", "http.listen"]
+        );
+    }
+
+    #[test]
+    fn peer_rules_match_title_and_cidr() {
+        let r = PeerRule {
+            ae_title: Some("MRSCANNER1".into()),
+            net: "10.1.2.0/24".parse().unwrap(),
+        };
+        assert!(r.matches("MRSCANNER1", "10.1.2.77".parse().unwrap()));
+        assert!(!r.matches("MRSCANNER2", "10.1.2.77".parse().unwrap()));
+        assert!(!r.matches("MRSCANNER1", "10.1.3.1".parse().unwrap()));
+        assert!(r.matches("MRSCANNER1", "::ffff:10.1.2.9".parse().unwrap()));
+    }
+
+    #[test]
+    fn committed_schema_is_fresh() {
+        let committed = include_str!("../../../firmware-config/scanside.schema.json");
+        assert_eq!(
+            committed,
+            json_schema(),
+            "firmware-config/scanside.schema.json is stale: run `scanside config-schema > firmware-config/scanside.schema.json`"
+        );
+    }
+}

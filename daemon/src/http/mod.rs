@@ -1,0 +1,143 @@
+//! The HTTP side channel: health, readiness, Prometheus metrics, the jobs API.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::App;
+
+type Body = Full<Bytes>;
+
+pub async fn serve(app: Arc<App>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "http accept failed");
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let app = app.clone();
+                async move { Ok::<_, Infallible>(route(&app, req).await) }
+            });
+            // Without a timer, hyper's header timeout does nothing.
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), svc);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "http connection ended with error");
+            }
+        });
+    }
+}
+
+fn json_response(status: StatusCode, v: serde_json::Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(v.to_string() + "\n")))
+        .expect("static response parts are valid")
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Body> {
+    json_response(status, json!({ "error": message }))
+}
+
+async fn route(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &format!("{} is not allowed on {}", req.method(), req.uri().path()),
+        );
+    }
+    let path = req.uri().path().to_string();
+    let app = app.clone();
+    // Store reads may touch the disk: keep them off the reactor.
+    tokio::task::spawn_blocking(move || route_blocking(&app, &path))
+        .await
+        .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "handler panicked"))
+}
+
+fn route_blocking(app: &App, path: &str) -> Response<Body> {
+    match path {
+        "/healthz" => json_response(StatusCode::OK, json!({ "status": "alive" })),
+        "/readyz" => readyz(app),
+        "/metrics" => {
+            app.refresh_gauges();
+            Response::builder()
+                .header("content-type", "text/plain; version=0.0.4")
+                .body(Full::new(Bytes::from(app.metrics.render())))
+                .expect("valid")
+        }
+        "/api/v1/jobs" => match app.store.jobs() {
+            Ok(jobs) => json_response(StatusCode::OK, serde_json::to_value(jobs).unwrap_or_default()),
+            Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &format!("store: {e}")),
+        },
+        p if p.starts_with("/api/v1/jobs/") => {
+            let id = &p["/api/v1/jobs/".len()..];
+            if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return error(StatusCode::BAD_REQUEST, "a job id is 16 hexadecimal characters");
+            }
+            match app.store.job(id) {
+                Ok(Some(job)) => {
+                    let series = app.store.series(&job.series_instance_uid).ok().flatten();
+                    let mut v = serde_json::to_value(&job).unwrap_or_default();
+                    v["series"] = serde_json::to_value(series).unwrap_or_default();
+                    v["stage_timings_ms"] = stage_timings(&job);
+                    json_response(StatusCode::OK, v)
+                }
+                Ok(None) => error(StatusCode::NOT_FOUND, &format!("no job with id {id}")),
+                Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &format!("store: {e}")),
+            }
+        }
+        _ => error(StatusCode::NOT_FOUND, &format!("no such resource: {path}")),
+    }
+}
+
+/// Milliseconds spent between consecutive states, keyed by the state entered.
+fn stage_timings(job: &crate::store::JobRecord) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    for w in job.history.windows(2) {
+        let key = serde_json::to_value(w[1].state).unwrap_or_default();
+        let key = key.as_str().unwrap_or("?").to_string();
+        m.insert(key, json!(w[1].at_ms.saturating_sub(w[0].at_ms)));
+    }
+    serde_json::Value::Object(m)
+}
+
+fn readyz(app: &App) -> Response<Body> {
+    let store_ok = app.store.ping();
+    let free = crate::sys::disk_free(app.store.root()).ok();
+    let disk_ok = free.is_some_and(|f| f >= app.config.storage.min_free_bytes);
+    let body = json!({
+        "ready": store_ok && disk_ok,
+        "store_open": store_ok,
+        "disk_ok": disk_ok,
+        "disk_free_bytes": free,
+        "min_free_bytes": app.config.storage.min_free_bytes,
+        "open_series": app.series.open_count(),
+    });
+    let status = if store_ok && disk_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json_response(status, body)
+}

@@ -1,0 +1,130 @@
+//! scanside: an edge appliance daemon beside an MRI scanner.
+//!
+//! One module per box of the flow in DESIGN.md: `scp` receives, `store` keeps,
+//! `series` assembles, `http` and `sys` are the side channels. `dimse` is the
+//! message layer that the SCP (and later Q/R and the forwarder) share.
+
+pub mod config;
+pub mod dimse;
+pub mod http;
+pub mod inspect;
+pub mod metrics;
+pub mod scp;
+pub mod series;
+pub mod store;
+pub mod sys;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::net::TcpListener;
+
+use config::{Config, PeerRule};
+use metrics::Metrics;
+use series::SeriesTracker;
+use store::Store;
+
+/// Everything the boxes share.
+pub struct App {
+    pub config: Config,
+    pub store: Arc<Store>,
+    pub metrics: Arc<Metrics>,
+    pub series: Arc<SeriesTracker>,
+    pub peer_rules: Arc<Vec<PeerRule>>,
+    pub heartbeat: sys::Heartbeat,
+    active_associations: std::sync::atomic::AtomicUsize,
+}
+
+impl App {
+    /// Gauges computed at scrape time.
+    pub fn refresh_gauges(&self) {
+        if let Ok(free) = sys::disk_free(self.store.root()) {
+            self.metrics.set_gauge("scanside_disk_free_bytes", "", free as f64);
+        }
+        self.metrics.set_gauge(
+            "scanside_associations_active",
+            "",
+            self.active_associations.load(std::sync::atomic::Ordering::Relaxed) as f64,
+        );
+    }
+}
+
+/// How long SIGTERM waits for open associations before exiting anyway.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// The daemon: returns after SIGTERM/SIGINT once open associations drained.
+pub async fn run(config: Config) -> Result<()> {
+    let data_dir = config.storage.data_dir.clone();
+    let (store, report) = tokio::task::spawn_blocking(move || Store::open(&data_dir))
+        .await?
+        .with_context(|| format!("cannot open the store in {}", config.storage.data_dir.display()))?;
+    if report.index_rebuilt {
+        tracing::warn!(?report, "index rebuilt from the spool");
+    }
+    let store = Arc::new(store);
+    let metrics = Arc::new(Metrics::default());
+    let series = Arc::new(SeriesTracker::new(store.clone(), config.series.clone(), metrics.clone())?);
+    let app = Arc::new(App {
+        peer_rules: Arc::new(config.peer_rules()),
+        store,
+        metrics,
+        series: series.clone(),
+        heartbeat: sys::Heartbeat::default(),
+        active_associations: Default::default(),
+        config,
+    });
+    app.heartbeat.beat();
+
+    let dicom_addr = app.config.dicom_listen();
+    let dicom = TcpListener::bind(dicom_addr)
+        .await
+        .with_context(|| format!("dicom.listen: cannot bind {dicom_addr}"))?;
+    let http_addr = app.config.http_listen();
+    let http = TcpListener::bind(http_addr)
+        .await
+        .with_context(|| format!("http.listen: cannot bind {http_addr}"))?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(http::serve(app.clone(), http, stop_rx.clone()));
+    tokio::spawn(series.run(stop_rx.clone()));
+    tokio::spawn(sys::watchdog(app.clone()));
+    tokio::spawn(async move {
+        wait_for_stop_signal().await;
+        let _ = stop_tx.send(true);
+    });
+
+    tracing::info!(
+        ae_title = %app.config.dicom.ae_title,
+        dicom = %dicom.local_addr()?,
+        http = %http_addr,
+        instances = app.store.instance_count(),
+        "scanside ready"
+    );
+    sys::notify(&[sd_notify::NotifyState::Ready]);
+    sys::notify_status(&format!(
+        "listening as {} on {}; {} instances stored",
+        app.config.dicom.ae_title,
+        dicom_addr,
+        app.store.instance_count()
+    ));
+
+    let scp = scp::Scp::new(app.clone());
+    scp.serve(dicom, stop_rx, DRAIN).await;
+
+    sys::notify(&[sd_notify::NotifyState::Stopping]);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining associations"),
+        _ = int.recv() => tracing::info!("SIGINT: draining associations"),
+    }
+}

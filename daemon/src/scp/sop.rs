@@ -1,0 +1,75 @@
+//! What the SCP accepts at negotiation. docs/CONFORMANCE.md mirrors these lists;
+//! a test keeps the two in step.
+
+pub const VERIFICATION: &str = "1.2.840.10008.1.1";
+
+/// Storage SOP classes accepted: MR sources and our own result types coming back edited.
+pub const STORAGE_SOP_CLASSES: &[(&str, &str)] = &[
+    ("1.2.840.10008.5.1.4.1.1.4", "MR Image Storage"),
+    ("1.2.840.10008.5.1.4.1.1.4.1", "Enhanced MR Image Storage"),
+    ("1.2.840.10008.5.1.4.1.1.4.4", "Legacy Converted Enhanced MR Image Storage"),
+    ("1.2.840.10008.5.1.4.1.1.66.4", "Segmentation Storage"),
+    ("1.2.840.10008.5.1.4.1.1.88.22", "Enhanced SR Storage"),
+    ("1.2.840.10008.5.1.4.1.1.88.33", "Comprehensive SR Storage"),
+    ("1.2.840.10008.5.1.4.1.1.88.34", "Comprehensive 3D SR Storage"),
+];
+
+pub const ABSTRACT_SYNTAXES: &[&str] = &[
+    VERIFICATION,
+    "1.2.840.10008.5.1.4.1.1.4",
+    "1.2.840.10008.5.1.4.1.1.4.1",
+    "1.2.840.10008.5.1.4.1.1.4.4",
+    "1.2.840.10008.5.1.4.1.1.66.4",
+    "1.2.840.10008.5.1.4.1.1.88.22",
+    "1.2.840.10008.5.1.4.1.1.88.33",
+    "1.2.840.10008.5.1.4.1.1.88.34",
+];
+
+/// Transfer syntaxes accepted, each one stored as received and decodable by our
+/// pixel decoder (tests/e2e/test_transfer_syntaxes.py proves both).
+pub const TRANSFER_SYNTAXES: &[&str] = &[
+    "1.2.840.10008.1.2",        // Implicit VR Little Endian
+    "1.2.840.10008.1.2.1",      // Explicit VR Little Endian
+    "1.2.840.10008.1.2.1.99",   // Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.2",      // Explicit VR Big Endian (retired, still sent by old scanners)
+    "1.2.840.10008.1.2.4.50",   // JPEG Baseline (Process 1)
+    "1.2.840.10008.1.2.4.51",   // JPEG Extended (Process 2 & 4)
+    "1.2.840.10008.1.2.4.57",   // JPEG Lossless, Non-Hierarchical (Process 14)
+    "1.2.840.10008.1.2.4.70",   // JPEG Lossless, First-Order Prediction (Process 14 SV1)
+    "1.2.840.10008.1.2.4.90",   // JPEG 2000 (Lossless Only)
+    "1.2.840.10008.1.2.4.91",   // JPEG 2000
+    "1.2.840.10008.1.2.5",      // RLE Lossless
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn abstract_syntaxes_are_verification_plus_storage() {
+        let mut expect = vec![VERIFICATION];
+        expect.extend(STORAGE_SOP_CLASSES.iter().map(|(u, _)| *u));
+        assert_eq!(ABSTRACT_SYNTAXES, expect.as_slice());
+    }
+
+    #[test]
+    fn every_transfer_syntax_is_known_to_the_registry() {
+        for ts in TRANSFER_SYNTAXES {
+            assert!(
+                dicom_ul::association::server::is_supported(ts),
+                "{ts} not supported by the transfer syntax registry"
+            );
+        }
+    }
+
+    #[test]
+    fn conformance_statement_lists_every_class_and_syntax() {
+        let doc = include_str!("../../../docs/CONFORMANCE.md");
+        for (uid, _) in STORAGE_SOP_CLASSES {
+            assert!(doc.contains(uid), "docs/CONFORMANCE.md lacks {uid}");
+        }
+        for uid in TRANSFER_SYNTAXES {
+            assert!(doc.contains(&format!("`{uid}`")), "docs/CONFORMANCE.md lacks {uid}");
+        }
+    }
+}

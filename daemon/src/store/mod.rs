@@ -1,0 +1,416 @@
+//! The store: received files (the source of truth) and the sled index over them.
+//!
+//! Only this module touches sled or the spool layout. Every commit follows
+//! DESIGN.md section 4.1: tmp file, fsync, rename, fsync the directory, index row,
+//! sled flush and a sync of sled's data file, and only then does the caller answer.
+
+mod files;
+mod records;
+
+pub use files::{hash_ref, parse_header, valid_uid, write_part10_header, InstanceHeader};
+pub use records::{JobRecord, JobState, SeriesRecord, SeriesState, StoredInstance};
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, Context, Result};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+
+/// Outcome of committing one received instance.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Commit {
+    /// Newly stored; the series now holds `series_count` instances.
+    Stored {
+        series_count: u64,
+        reopened: bool,
+        size: u64,
+    },
+    /// The SOP instance was stored before; the new copy was discarded.
+    Duplicate,
+}
+
+pub struct Store {
+    root: PathBuf,
+    db: sled::Db,
+    db_file: Mutex<File>,
+    instances: sled::Tree,
+    series: sled::Tree,
+    jobs: sled::Tree,
+}
+
+/// What opening the store found and did, for the log and the status API.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct OpenReport {
+    pub index_rebuilt: bool,
+    pub rebuild_reason: Option<String>,
+    pub files_indexed: u64,
+    pub rows_without_file: u64,
+    pub tmp_files_removed: u64,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Store {
+    /// Opens (creating if needed) the store under `root`, checks the index against
+    /// the spool and rebuilds it from the files when it is missing or corrupt.
+    pub fn open(root: &Path) -> Result<(Store, OpenReport)> {
+        fs::create_dir_all(root.join("spool"))
+            .with_context(|| format!("cannot create {}", root.join("spool").display()))?;
+        fs::create_dir_all(root.join("tmp"))?;
+        let mut report = OpenReport::default();
+        report.tmp_files_removed = clear_dir(&root.join("tmp"))?;
+
+        let index_dir = root.join("index");
+        let fresh = !index_dir.join("db").exists();
+        let db = match sled::open(&index_dir) {
+            Ok(db) => {
+                if fresh {
+                    report.rebuild_reason = Some("index missing".into());
+                }
+                db
+            }
+            Err(e) => {
+                // A corrupt index is set aside (never deleted) and rebuilt from the spool.
+                let aside = root.join(format!("index.corrupt-{}", now_ms()));
+                tracing::error!(error = %e, aside = %aside.display(), "index corrupt; rebuilding from spool");
+                fs::rename(&index_dir, &aside)?;
+                report.rebuild_reason = Some(format!("index corrupt: {e}"));
+                sled::open(&index_dir).context("cannot create a new index")?
+            }
+        };
+        let db_file = File::open(index_dir.join("db")).context("sled data file missing")?;
+        let store = Store {
+            instances: db.open_tree("instances")?,
+            series: db.open_tree("series")?,
+            jobs: db.open_tree("jobs")?,
+            db_file: Mutex::new(db_file),
+            db,
+            root: root.to_path_buf(),
+        };
+        store.reconcile(&mut report)?;
+        report.index_rebuilt = report.rebuild_reason.is_some();
+        store.sync()?;
+        Ok((store, report))
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// sled's flush writes its buffers; syncing the data file makes sure they reach
+    /// the disk and not just the page cache.
+    fn sync(&self) -> Result<()> {
+        self.db.flush().context("index flush failed")?;
+        self.db_file
+            .lock()
+            .map_err(|_| anyhow!("index file lock poisoned"))?
+            .sync_all()
+            .context("index sync failed")?;
+        Ok(())
+    }
+
+    /// Quick liveness probe for readiness and the watchdog.
+    pub fn ping(&self) -> bool {
+        self.db.get(b"__ping").is_ok()
+    }
+
+    fn spool_path(&self, h: &InstanceHeader) -> PathBuf {
+        // UIDs were validated (digits and dots only) before they reach this point.
+        self.root
+            .join("spool")
+            .join(&h.study_uid)
+            .join(&h.series_uid)
+            .join(format!("{}.dcm", h.sop_instance_uid))
+    }
+
+    pub fn is_stored(&self, sop_instance_uid: &str) -> Result<bool> {
+        Ok(self.instances.contains_key(sop_instance_uid.as_bytes())?)
+    }
+
+    /// Moves a fully written and fsynced tmp file into the spool and indexes it.
+    pub fn commit_instance(
+        &self,
+        tmp: &Path,
+        header: &InstanceHeader,
+        calling_ae: &str,
+    ) -> Result<Commit> {
+        for uid in [&header.study_uid, &header.series_uid, &header.sop_instance_uid] {
+            if !valid_uid(uid) {
+                return Err(anyhow!("invalid UID {uid:?}"));
+            }
+        }
+        if self.is_stored(&header.sop_instance_uid)? {
+            fs::remove_file(tmp).ok();
+            return Ok(Commit::Duplicate);
+        }
+        let dest = self.spool_path(header);
+        let dir = dest.parent().expect("spool path has a parent");
+        create_dir_durable(dir, &self.root.join("spool"))?;
+        fs::rename(tmp, &dest).with_context(|| format!("rename to {}", dest.display()))?;
+        fsync_dir(dir)?;
+        let size = fs::metadata(&dest)?.len();
+        let rel = dest
+            .strip_prefix(&self.root)
+            .expect("under root")
+            .to_string_lossy()
+            .into_owned();
+        let rec = StoredInstance::new(header, rel, size, calling_ae, now_ms());
+        let outcome = self.index_instance(&rec)?;
+        self.sync()?;
+        Ok(outcome)
+    }
+
+    /// Inserts the instance row and updates its series in one transaction.
+    fn index_instance(&self, rec: &StoredInstance) -> Result<Commit> {
+        let inst_val = serde_json::to_vec(rec)?;
+        let res: Result<Commit, TransactionError<anyhow::Error>> = (&self.instances, &self.series)
+            .transaction(|(inst, ser)| {
+                if inst.get(rec.sop_instance_uid.as_bytes())?.is_some() {
+                    return Ok(Commit::Duplicate);
+                }
+                inst.insert(rec.sop_instance_uid.as_bytes(), inst_val.clone())?;
+                let mut s = match ser.get(rec.series_uid.as_bytes())? {
+                    Some(v) => serde_json::from_slice::<SeriesRecord>(&v)
+                        .map_err(|e| ConflictableTransactionError::Abort(anyhow!(e)))?,
+                    None => SeriesRecord::new(rec),
+                };
+                let reopened = s.add_instance(rec);
+                let count = s.instance_count;
+                let v = serde_json::to_vec(&s)
+                    .map_err(|e| ConflictableTransactionError::Abort(anyhow!(e)))?;
+                ser.insert(rec.series_uid.as_bytes(), v)?;
+                Ok(Commit::Stored {
+                    series_count: count,
+                    reopened,
+                    size: rec.size,
+                })
+            });
+        res.map_err(|e| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => anyhow!(e),
+        })
+    }
+
+    pub fn instance(&self, sop_instance_uid: &str) -> Result<Option<StoredInstance>> {
+        Ok(match self.instances.get(sop_instance_uid.as_bytes())? {
+            Some(v) => Some(serde_json::from_slice(&v)?),
+            None => None,
+        })
+    }
+
+    pub fn instances_of_series(&self, series_uid: &str) -> Result<Vec<StoredInstance>> {
+        let mut out = Vec::new();
+        for kv in self.instances.iter() {
+            let (_, v) = kv?;
+            let r: StoredInstance = serde_json::from_slice(&v)?;
+            if r.series_uid == series_uid {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn series(&self, series_uid: &str) -> Result<Option<SeriesRecord>> {
+        Ok(match self.series.get(series_uid.as_bytes())? {
+            Some(v) => Some(serde_json::from_slice(&v)?),
+            None => None,
+        })
+    }
+
+    pub fn all_series(&self) -> Result<Vec<SeriesRecord>> {
+        self.series
+            .iter()
+            .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
+            .collect()
+    }
+
+    /// Read-modify-write of one series row, durably.
+    pub fn update_series<F>(&self, series_uid: &str, f: F) -> Result<Option<SeriesRecord>>
+    where
+        F: Fn(&mut SeriesRecord),
+    {
+        let res = self.series.fetch_and_update(series_uid.as_bytes(), |old| {
+            let mut s: SeriesRecord = serde_json::from_slice(old?).ok()?;
+            f(&mut s);
+            serde_json::to_vec(&s).ok()
+        })?;
+        self.sync()?;
+        self.series(series_uid).map(|s| res.and(s))
+    }
+
+    /// Marks a series complete and creates (or revives) its job in one transaction.
+    pub fn complete_series(&self, series_uid: &str, reason: &str) -> Result<Option<JobRecord>> {
+        let now = now_ms();
+        let res: Result<Option<JobRecord>, TransactionError<anyhow::Error>> =
+            (&self.series, &self.jobs).transaction(|(ser, jobs)| {
+                let abort = |e: serde_json::Error| ConflictableTransactionError::Abort(anyhow!(e));
+                let Some(v) = ser.get(series_uid.as_bytes())? else {
+                    return Ok(None);
+                };
+                let mut s: SeriesRecord = serde_json::from_slice(&v).map_err(abort)?;
+                if s.state == SeriesState::Complete {
+                    return Ok(None);
+                }
+                s.complete(reason, now);
+                let id = JobRecord::id_for(&s.series_uid);
+                let job = match jobs.get(id.as_bytes())? {
+                    Some(v) => {
+                        let mut j: JobRecord = serde_json::from_slice(&v).map_err(abort)?;
+                        j.series_completed_again(&s, now);
+                        j
+                    }
+                    None => JobRecord::new(&s, now),
+                };
+                ser.insert(series_uid.as_bytes(), serde_json::to_vec(&s).map_err(abort)?)?;
+                jobs.insert(id.as_bytes(), serde_json::to_vec(&job).map_err(abort)?)?;
+                Ok(Some(job))
+            });
+        let job = res.map_err(|e| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => anyhow!(e),
+        })?;
+        self.sync()?;
+        Ok(job)
+    }
+
+    pub fn job(&self, id: &str) -> Result<Option<JobRecord>> {
+        Ok(match self.jobs.get(id.as_bytes())? {
+            Some(v) => Some(serde_json::from_slice(&v)?),
+            None => None,
+        })
+    }
+
+    pub fn jobs(&self) -> Result<Vec<JobRecord>> {
+        let mut v: Vec<JobRecord> = self
+            .jobs
+            .iter()
+            .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
+            .collect::<Result<_>>()?;
+        v.sort_by_key(|j| std::cmp::Reverse(j.created_at_ms));
+        Ok(v)
+    }
+
+    pub fn instance_count(&self) -> usize {
+        self.instances.len()
+    }
+
+    /// Makes the index agree with the spool: index files that have no row (a crash
+    /// between rename and commit, or a rebuild), drop rows whose file is gone.
+    fn reconcile(&self, report: &mut OpenReport) -> Result<()> {
+        let spool = self.root.join("spool");
+        let mut on_disk = std::collections::HashSet::new();
+        for path in walk_dcm(&spool)? {
+            let Some(sop) = path.file_stem().map(|s| s.to_string_lossy().into_owned()) else {
+                continue;
+            };
+            on_disk.insert(sop.clone());
+            if self.instances.contains_key(sop.as_bytes())? {
+                continue;
+            }
+            match parse_header(&path) {
+                Ok(h) if h.sop_instance_uid == sop => {
+                    let size = fs::metadata(&path)?.len();
+                    let rel = path
+                        .strip_prefix(&self.root)
+                        .expect("under root")
+                        .to_string_lossy()
+                        .into_owned();
+                    let received = fs::metadata(&path)?
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                        .map(|d| d.as_millis() as u64)
+                        .unwrap_or_else(now_ms);
+                    let rec = StoredInstance::new(&h, rel, size, "", received);
+                    self.index_instance(&rec)?;
+                    report.files_indexed += 1;
+                }
+                Ok(_) | Err(_) => {
+                    tracing::error!(path = %path.display(), "spool file unreadable or misnamed; left in place");
+                }
+            }
+        }
+        let stale: Vec<_> = self
+            .instances
+            .iter()
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !on_disk.contains(&*String::from_utf8_lossy(k)))
+            .collect();
+        for k in stale {
+            tracing::error!(sop_ref = %files::hash_ref(&String::from_utf8_lossy(&k)), "index row without spool file removed");
+            self.instances.remove(k)?;
+            report.rows_without_file += 1;
+        }
+        if report.files_indexed > 0 && report.rebuild_reason.is_none() {
+            report.rebuild_reason = Some(format!(
+                "{} spool file(s) had no index row",
+                report.files_indexed
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn clear_dir(dir: &Path) -> Result<u64> {
+    let mut n = 0;
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_type()?.is_file() {
+            fs::remove_file(e.path())?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+fn walk_dcm(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d)? {
+            let e = e?;
+            let p = e.path();
+            if e.file_type()?.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "dcm") {
+                out.push(p);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Creates `dir` and fsyncs each parent whose entry changed, up to `stop`.
+fn create_dir_durable(dir: &Path, stop: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let parent = dir.parent().expect("dir has a parent");
+    if parent != stop {
+        create_dir_durable(parent, stop)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => fsync_dir(parent),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(anyhow!(e).context(format!("mkdir {}", dir.display()))),
+    }
+}
+
+pub fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("fsync {}", dir.display()))
+}

@@ -1,0 +1,208 @@
+//! Index rows. JSON in sled: readable with any tool when something goes wrong.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::files::InstanceHeader;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StoredInstance {
+    pub sop_instance_uid: String,
+    pub sop_class_uid: String,
+    pub study_uid: String,
+    pub series_uid: String,
+    pub transfer_syntax: String,
+    pub instance_number: Option<i64>,
+    /// Spool path relative to the data directory.
+    pub path: String,
+    pub size: u64,
+    pub calling_ae: String,
+    pub received_at_ms: u64,
+    /// Expected number of instances in the series, when the header says so.
+    pub expected_in_series: Option<u64>,
+    pub modality: String,
+    pub series_description: String,
+}
+
+impl StoredInstance {
+    pub fn new(h: &InstanceHeader, path: String, size: u64, calling_ae: &str, at: u64) -> Self {
+        StoredInstance {
+            sop_instance_uid: h.sop_instance_uid.clone(),
+            sop_class_uid: h.sop_class_uid.clone(),
+            study_uid: h.study_uid.clone(),
+            series_uid: h.series_uid.clone(),
+            transfer_syntax: h.transfer_syntax.clone(),
+            instance_number: h.instance_number,
+            path,
+            size,
+            calling_ae: calling_ae.to_string(),
+            received_at_ms: at,
+            expected_in_series: h.expected_in_series,
+            modality: h.modality.clone(),
+            series_description: h.series_description.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SeriesState {
+    Open,
+    Complete,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SeriesRecord {
+    pub series_uid: String,
+    pub study_uid: String,
+    pub modality: String,
+    pub series_description: String,
+    pub instance_count: u64,
+    pub expected_count: Option<u64>,
+    pub state: SeriesState,
+    pub first_received_ms: u64,
+    pub last_received_ms: u64,
+    /// When the association that last added to this series was released.
+    pub released_at_ms: Option<u64>,
+    pub completed_at_ms: Option<u64>,
+    /// expected_count | association_released | idle_timeout
+    pub completion_reason: Option<String>,
+    /// How often instances arrived after the series was complete.
+    pub reopened: u32,
+}
+
+impl SeriesRecord {
+    pub fn new(first: &StoredInstance) -> Self {
+        SeriesRecord {
+            series_uid: first.series_uid.clone(),
+            study_uid: first.study_uid.clone(),
+            modality: first.modality.clone(),
+            series_description: first.series_description.clone(),
+            instance_count: 0,
+            expected_count: None,
+            state: SeriesState::Open,
+            first_received_ms: first.received_at_ms,
+            last_received_ms: first.received_at_ms,
+            released_at_ms: None,
+            completed_at_ms: None,
+            completion_reason: None,
+            reopened: 0,
+        }
+    }
+
+    /// Counts a new instance; returns true when this reopened a complete series.
+    pub fn add_instance(&mut self, i: &StoredInstance) -> bool {
+        self.instance_count += 1;
+        self.last_received_ms = self.last_received_ms.max(i.received_at_ms);
+        self.released_at_ms = None;
+        if let Some(e) = i.expected_in_series {
+            self.expected_count = Some(self.expected_count.map_or(e, |old| old.max(e)));
+        }
+        if self.state == SeriesState::Complete {
+            self.state = SeriesState::Open;
+            self.reopened += 1;
+            self.completed_at_ms = None;
+            self.completion_reason = None;
+            return true;
+        }
+        false
+    }
+
+    pub fn complete(&mut self, reason: &str, at: u64) {
+        self.state = SeriesState::Complete;
+        self.completed_at_ms = Some(at);
+        self.completion_reason = Some(reason.to_string());
+    }
+
+    pub fn expected_reached(&self) -> bool {
+        self.expected_count.is_some_and(|e| self.instance_count >= e)
+    }
+}
+
+/// The job states of DESIGN.md section 1. This issue reaches `complete`; later
+/// stages add their transitions.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Received,
+    Complete,
+    Gated,
+    Inferred,
+    Measured,
+    Written,
+    Queued,
+    Delivered,
+    Rejected,
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StateChange {
+    pub state: JobState,
+    pub at_ms: u64,
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct JobRecord {
+    pub id: String,
+    pub study_instance_uid: String,
+    pub series_instance_uid: String,
+    pub state: JobState,
+    pub instance_count: u64,
+    pub completion_reason: String,
+    pub reopened: u32,
+    pub created_at_ms: u64,
+    pub history: Vec<StateChange>,
+}
+
+impl JobRecord {
+    /// Job ids are derived from the series UID so a resumed or repeated step
+    /// lands on the same job (DESIGN.md section 1: idempotent, keyed by UIDs).
+    pub fn id_for(series_uid: &str) -> String {
+        let h = Sha256::digest(series_uid.as_bytes());
+        h[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn new(s: &SeriesRecord, now: u64) -> Self {
+        JobRecord {
+            id: Self::id_for(&s.series_uid),
+            study_instance_uid: s.study_uid.clone(),
+            series_instance_uid: s.series_uid.clone(),
+            state: JobState::Complete,
+            instance_count: s.instance_count,
+            completion_reason: s.completion_reason.clone().unwrap_or_default(),
+            reopened: s.reopened,
+            created_at_ms: now,
+            history: vec![
+                StateChange {
+                    state: JobState::Received,
+                    at_ms: s.first_received_ms,
+                    note: None,
+                },
+                StateChange {
+                    state: JobState::Complete,
+                    at_ms: now,
+                    note: s.completion_reason.clone(),
+                },
+            ],
+        }
+    }
+
+    /// The series was reopened by late instances and completed again: the job
+    /// goes back to `complete` so later stages run over the full series.
+    pub fn series_completed_again(&mut self, s: &SeriesRecord, now: u64) {
+        self.state = JobState::Complete;
+        self.instance_count = s.instance_count;
+        self.completion_reason = s.completion_reason.clone().unwrap_or_default();
+        self.reopened = s.reopened;
+        self.history.push(StateChange {
+            state: JobState::Complete,
+            at_ms: now,
+            note: Some(format!(
+                "reopened by late instances, complete again ({})",
+                self.completion_reason
+            )),
+        });
+    }
+}
