@@ -33,7 +33,7 @@ pub struct App {
     pub series: Arc<SeriesTracker>,
     pub peer_rules: Arc<Vec<PeerRule>>,
     pub heartbeat: sys::Heartbeat,
-    active_associations: std::sync::atomic::AtomicUsize,
+    pub active_associations: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl App {

@@ -107,6 +107,21 @@ fn route_blocking(app: &App, path: &str) -> Response<Body> {
                 Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &format!("store: {e}")),
             }
         }
+        p if p.starts_with("/api/v1/series/") => {
+            let uid = &p["/api/v1/series/".len()..];
+            if !crate::store::valid_uid(uid) {
+                return error(StatusCode::BAD_REQUEST, "not a valid Series Instance UID");
+            }
+            match (app.store.series(uid), app.store.instances_of_series(uid)) {
+                (Ok(Some(s)), Ok(instances)) => {
+                    let mut v = serde_json::to_value(&s).unwrap_or_default();
+                    v["instances"] = serde_json::to_value(instances).unwrap_or_default();
+                    json_response(StatusCode::OK, v)
+                }
+                (Ok(None), _) => error(StatusCode::NOT_FOUND, &format!("no series {uid}")),
+                (Err(e), _) | (_, Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, &format!("store: {e}")),
+            }
+        }
         _ => error(StatusCode::NOT_FOUND, &format!("no such resource: {path}")),
     }
 }

@@ -41,8 +41,8 @@ pub struct Scp {
 impl Scp {
     pub fn new(app: Arc<App>) -> Self {
         Scp {
+            active: app.active_associations.clone(),
             app,
-            active: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -194,7 +194,6 @@ async fn handle_association(app: Arc<App>, stream: TcpStream, peer: SocketAddr) 
         }
     };
     app.metrics.inc("scanside_associations_accepted_total", "");
-    app.metrics.add("scanside_associations_active", "", 0);
     let calling = assoc.peer_ae_title().trim().to_string();
     tracing::info!(peer = %peer.ip(), calling_ae = %calling, "association accepted");
     let mut session = Session {

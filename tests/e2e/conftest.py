@@ -1,0 +1,170 @@
+"""Fixtures: a real scanside daemon on free loopback ports, real peers around it."""
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+BIN = os.environ.get("SCANSIDE_BIN", "scanside")
+# DCMTK 3.6.7 sets TCP_NODELAY only when asked (DESIGN.md section 5).
+os.environ["TCP_NODELAY"] = "1"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Daemon:
+    def __init__(self, workdir, **overrides):
+        self.dir = str(workdir)
+        self.data_dir = os.path.join(self.dir, "data")
+        self.port = free_port()
+        self.http_port = free_port()
+        self.ae = "SCANSIDE"
+        self.config_path = os.path.join(self.dir, "scanside.toml")
+        self.log_path = os.path.join(self.dir, "scanside.log")
+        self.settings = dict(
+            max_associations=8, read_timeout_s=30, max_pdu_length=65536,
+            min_free_bytes=1 << 20, idle_timeout_s=60, release_quiet_s=1,
+            peers=[("*", "127.0.0.1")],
+        )
+        self.settings.update(overrides)
+        self.proc = None
+        os.makedirs(self.dir, exist_ok=True)
+        self.write_config()
+
+    def write_config(self):
+        s = self.settings
+        peers = "".join(
+            f'[[dicom.allowed_peers]]\nae_title = "{ae}"\naddress = "{addr}"\n' for ae, addr in s["peers"])
+        with open(self.config_path, "w") as f:
+            f.write(f"""
+[dicom]
+ae_title = "{self.ae}"
+listen = "127.0.0.1:{self.port}"
+max_associations = {s['max_associations']}
+read_timeout_s = {s['read_timeout_s']}
+max_pdu_length = {s['max_pdu_length']}
+{peers}
+[storage]
+data_dir = "{self.data_dir}"
+min_free_bytes = {s['min_free_bytes']}
+
+[series]
+idle_timeout_s = {s['idle_timeout_s']}
+release_quiet_s = {s['release_quiet_s']}
+
+[http]
+listen = "127.0.0.1:{self.http_port}"
+""")
+
+    def start(self, env=None, wait=True):
+        e = dict(os.environ)
+        e.setdefault("SCANSIDE_LOG", "info")
+        e.update(env or {})
+        self.log = open(self.log_path, "a")
+        self.proc = subprocess.Popen([BIN, "run", "--config", self.config_path],
+                                     stdout=self.log, stderr=subprocess.STDOUT, env=e)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout=30):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited {self.proc.returncode}:\n{self.read_log()}")
+            try:
+                code, _ = self.get("/healthz")
+                if code == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("daemon did not become ready:\n" + self.read_log())
+
+    def get(self, path):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as r:
+                body = r.read().decode()
+                return r.status, body
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def get_json(self, path):
+        code, body = self.get(path)
+        return code, json.loads(body)
+
+    def metrics(self):
+        return self.get("/metrics")[1]
+
+    def jobs(self):
+        return self.get_json("/api/v1/jobs")[1]
+
+    def wait_jobs(self, n, timeout=20):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            j = self.jobs()
+            if len(j) >= n:
+                return j
+            time.sleep(0.1)
+        raise AssertionError(f"expected {n} jobs, have {self.jobs()}")
+
+    def spool_files(self):
+        out = []
+        for root, _, files in os.walk(os.path.join(self.data_dir, "spool")):
+            out += [os.path.join(root, f) for f in files]
+        return out
+
+    def tmp_files(self):
+        d = os.path.join(self.data_dir, "tmp")
+        return os.listdir(d) if os.path.isdir(d) else []
+
+    def stop(self, timeout=20):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout)
+        return self.proc.returncode if self.proc else None
+
+    def kill9(self):
+        self.proc.kill()
+        self.proc.wait()
+
+    def read_log(self):
+        try:
+            with open(self.log_path) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+
+@pytest.fixture
+def daemon_factory(tmp_path):
+    made = []
+
+    def make(**overrides):
+        d = Daemon(tmp_path / f"d{len(made)}", **overrides)
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:
+        if d.proc and d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait()
+
+
+@pytest.fixture
+def daemon(daemon_factory):
+    return daemon_factory().start()
+
+
+def run(cmd, **kw):
+    """Runs an outside tool; returns CompletedProcess with text output."""
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=kw.pop("timeout", 120), **kw)
