@@ -64,12 +64,16 @@ release_quiet_s = {s['release_quiet_s']}
 listen = "127.0.0.1:{self.http_port}"
 """)
 
-    def start(self, env=None, wait=True):
+    def start(self, env=None, wait=True, watchdog_pid=False):
         e = dict(os.environ)
         e.setdefault("SCANSIDE_LOG", "info")
         e.update(env or {})
         self.log = open(self.log_path, "a")
-        self.proc = subprocess.Popen([BIN, "run", "--config", self.config_path],
+        argv = [BIN, "run", "--config", self.config_path]
+        if watchdog_pid:
+            # systemd sets WATCHDOG_PID to the service's pid; exec keeps the shell's.
+            argv = ["sh", "-c", 'WATCHDOG_PID=$$ exec "$0" "$@"'] + argv
+        self.proc = subprocess.Popen(argv,
                                      stdout=self.log, stderr=subprocess.STDOUT, env=e)
         if wait:
             self.wait_ready()

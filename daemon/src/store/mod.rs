@@ -96,6 +96,10 @@ impl Store {
             root: root.to_path_buf(),
         };
         store.reconcile(&mut report)?;
+        if fresh && report.files_indexed == 0 {
+            // A new, empty data directory: nothing was rebuilt.
+            report.rebuild_reason = None;
+        }
         report.index_rebuilt = report.rebuild_reason.is_some();
         store.sync()?;
         Ok((store, report))

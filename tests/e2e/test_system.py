@@ -1,0 +1,120 @@
+"""sd_notify, configuration CLI, HTTP side channel."""
+import os
+import socket
+import subprocess
+import time
+
+from conftest import BIN, run
+
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
+
+
+def test_sd_notify_ready_and_watchdog(daemon_factory, tmp_path):
+    path = str(tmp_path / "notify.sock")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(path)
+    s.settimeout(10)
+    d = daemon_factory()
+    d.start(env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"}, wait=False, watchdog_pid=True)
+    seen = []
+    deadline = time.time() + 10
+    while time.time() < deadline and not ("READY=1" in seen and "WATCHDOG=1" in seen):
+        try:
+            seen += s.recv(4096).decode().split("\n")
+        except socket.timeout:
+            break
+    assert "READY=1" in seen, seen
+    assert "WATCHDOG=1" in seen, seen
+    assert any(x.startswith("STATUS=listening as SCANSIDE") for x in seen), seen
+    # READY only after the listeners are bound: the DICOM port answers now.
+    assert run(["echoscu", "-aec", "SCANSIDE", "127.0.0.1", str(d.port)]).returncode == 0
+    d.stop()
+    rest = []
+    s.settimeout(2)
+    try:
+        while True:
+            rest += s.recv(4096).decode().split("\n")
+    except socket.timeout:
+        pass
+    assert "STOPPING=1" in rest, rest
+
+
+def test_check_config_accepts_the_shipped_files():
+    r = run([BIN, "check-config", os.path.join(ROOT, "firmware-config", "default.toml")])
+    assert r.returncode == 0, r.stderr
+
+
+def test_check_config_names_every_bad_key(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("""
+[dicom]
+ae_title = "THIS_TITLE_IS_TOO_LONG"
+listen = "0.0.0.0:11112"
+[[dicom.allowed_peers]]
+ae_title = "MRSCANNER1"
+address = "10.1.2.0/99"
+[storage]
+data_dir = "/var/lib/scanside"
+[http]
+listen = "nowhere"
+""")
+    r = run([BIN, "check-config", str(bad)])
+    assert r.returncode != 0
+    for key in ["dicom.ae_title", "dicom.allowed_peers[0].address", "http.listen"]:
+        assert key in r.stderr, r.stderr
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text(open(os.path.join(ROOT, "firmware-config", "default.toml")).read()
+                       .replace("[series]", "[series]\nidle_timout_s = 3"))
+    r = run([BIN, "check-config", str(unknown)])
+    assert r.returncode != 0 and "series.idle_timout_s" in r.stderr and "unknown field" in r.stderr
+    r = run([BIN, "check-config", str(tmp_path / "missing.toml")])
+    assert r.returncode != 0 and "cannot read" in r.stderr
+
+
+def test_run_refuses_a_bad_config_with_its_key(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(open(os.path.join(ROOT, "firmware-config", "default.toml")).read()
+                   .replace("max_associations = 8", "max_associations = 0"))
+    r = run([BIN, "run", "--config", str(bad)], timeout=20)
+    assert r.returncode != 0 and "dicom.max_associations" in r.stderr
+
+
+def test_schema_is_fresh():
+    r = run([BIN, "config-schema"])
+    with open(os.path.join(ROOT, "firmware-config", "scanside.schema.json")) as f:
+        assert r.stdout == f.read(), "regenerate firmware-config/scanside.schema.json"
+
+
+def test_embedded_default_runs_on_loopback(tmp_path):
+    # The README's first command: `scanside run` with no config, from a fresh directory.
+    p = subprocess.Popen([BIN, "run"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 15
+        ok = False
+        while time.time() < deadline and not ok:
+            ok = run(["echoscu", "-aec", "SCANSIDE", "127.0.0.1", "11112"]).returncode == 0
+            time.sleep(0.1)
+        assert ok, "embedded default not answering on 127.0.0.1:11112"
+        assert os.path.isdir(tmp_path / "scanside-data" / "spool")
+    finally:
+        p.terminate()
+        out = p.communicate(timeout=20)[0]
+    assert p.returncode == 0, out
+
+
+def test_http_errors_are_specific(daemon):
+    code, body = daemon.get_json("/api/v1/jobs/0123456789abcdef")
+    assert code == 404 and "no job with id" in body["error"]
+    code, body = daemon.get_json("/api/v1/jobs/../../etc")
+    assert code in (400, 404)
+    code, body = daemon.get_json("/api/v1/series/1.2/../3")
+    assert code in (400, 404)
+    code, body = daemon.get_json("/nope")
+    assert code == 404 and "no such resource" in body["error"]
+    code, body = daemon.get_json("/readyz")
+    assert code == 200 and body["ready"] and body["store_open"]
+    m = daemon.metrics()
+    for name in ["scanside_associations_accepted_total", "scanside_instances_stored_total",
+                 "scanside_bytes_stored_total", "scanside_c_store_seconds_bucket",
+                 "scanside_disk_free_bytes", "scanside_series_completed_total"]:
+        assert name in m, name
