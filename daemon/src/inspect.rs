@@ -21,7 +21,9 @@ pub fn inspect(path: &Path, decode: bool) -> Result<serde_json::Value> {
     });
     if decode {
         let obj = dicom_object::open_file(path).map_err(|e| anyhow!("{e}"))?;
-        let px = obj.decode_pixel_data().map_err(|e| anyhow!("cannot decode pixel data: {e}"))?;
+        let px = obj
+            .decode_pixel_data()
+            .map_err(|e| anyhow!("cannot decode pixel data: {e}"))?;
         let data = px.data();
         v["decoded"] = json!({
             "rows": px.rows(),

@@ -40,12 +40,14 @@ impl App {
     /// Gauges computed at scrape time.
     pub fn refresh_gauges(&self) {
         if let Ok(free) = sys::disk_free(self.store.root()) {
-            self.metrics.set_gauge("scanside_disk_free_bytes", "", free as f64);
+            self.metrics
+                .set_gauge("scanside_disk_free_bytes", "", free as f64);
         }
         self.metrics.set_gauge(
             "scanside_associations_active",
             "",
-            self.active_associations.load(std::sync::atomic::Ordering::Relaxed) as f64,
+            self.active_associations
+                .load(std::sync::atomic::Ordering::Relaxed) as f64,
         );
     }
 }
@@ -58,13 +60,22 @@ pub async fn run(config: Config) -> Result<()> {
     let data_dir = config.storage.data_dir.clone();
     let (store, report) = tokio::task::spawn_blocking(move || Store::open(&data_dir))
         .await?
-        .with_context(|| format!("cannot open the store in {}", config.storage.data_dir.display()))?;
+        .with_context(|| {
+            format!(
+                "cannot open the store in {}",
+                config.storage.data_dir.display()
+            )
+        })?;
     if report.index_rebuilt {
         tracing::warn!(?report, "index rebuilt from the spool");
     }
     let store = Arc::new(store);
     let metrics = Arc::new(Metrics::default());
-    let series = Arc::new(SeriesTracker::new(store.clone(), config.series.clone(), metrics.clone())?);
+    let series = Arc::new(SeriesTracker::new(
+        store.clone(),
+        config.series.clone(),
+        metrics.clone(),
+    )?);
     let app = Arc::new(App {
         peer_rules: Arc::new(config.peer_rules()),
         store,
@@ -119,7 +130,10 @@ pub async fn run(config: Config) -> Result<()> {
 
 async fn wait_for_stop_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers");
         return std::future::pending().await;
     };

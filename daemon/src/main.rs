@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use scanside::config::Config;
 
 #[derive(Parser)]
-#[command(name = "scanside", version, about = "Edge DICOM appliance: receive, segment, measure, forward")]
+#[command(
+    name = "scanside",
+    version,
+    about = "Edge DICOM appliance: receive, segment, measure, forward"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -49,7 +53,10 @@ fn main() -> ExitCode {
                 },
                 None => Config::embedded_default(),
             };
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("cannot start the runtime: {e}");
@@ -98,5 +105,8 @@ fn main() -> ExitCode {
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("SCANSIDE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }

@@ -26,18 +26,66 @@ pub struct Metrics {
 }
 
 const HELP: &[(&str, &str, &str)] = &[
-    ("scanside_associations_accepted_total", "counter", "DICOM associations accepted"),
-    ("scanside_associations_rejected_total", "counter", "DICOM associations rejected, by reason"),
-    ("scanside_associations_aborted_total", "counter", "DICOM associations aborted, by reason"),
-    ("scanside_associations_active", "gauge", "DICOM associations open now"),
-    ("scanside_instances_stored_total", "counter", "Instances durably stored"),
-    ("scanside_instances_duplicate_total", "counter", "Instances received again and discarded"),
-    ("scanside_instances_refused_total", "counter", "C-STORE requests refused, by status"),
-    ("scanside_bytes_stored_total", "counter", "Bytes of instance files durably stored"),
-    ("scanside_series_completed_total", "counter", "Series completed, by reason"),
-    ("scanside_series_reopened_total", "counter", "Complete series reopened by late instances"),
-    ("scanside_disk_free_bytes", "gauge", "Free bytes on the data file system"),
-    ("scanside_c_store_seconds", "histogram", "C-STORE request to response, seconds"),
+    (
+        "scanside_associations_accepted_total",
+        "counter",
+        "DICOM associations accepted",
+    ),
+    (
+        "scanside_associations_rejected_total",
+        "counter",
+        "DICOM associations rejected, by reason",
+    ),
+    (
+        "scanside_associations_aborted_total",
+        "counter",
+        "DICOM associations aborted, by reason",
+    ),
+    (
+        "scanside_associations_active",
+        "gauge",
+        "DICOM associations open now",
+    ),
+    (
+        "scanside_instances_stored_total",
+        "counter",
+        "Instances durably stored",
+    ),
+    (
+        "scanside_instances_duplicate_total",
+        "counter",
+        "Instances received again and discarded",
+    ),
+    (
+        "scanside_instances_refused_total",
+        "counter",
+        "C-STORE requests refused, by status",
+    ),
+    (
+        "scanside_bytes_stored_total",
+        "counter",
+        "Bytes of instance files durably stored",
+    ),
+    (
+        "scanside_series_completed_total",
+        "counter",
+        "Series completed, by reason",
+    ),
+    (
+        "scanside_series_reopened_total",
+        "counter",
+        "Complete series reopened by late instances",
+    ),
+    (
+        "scanside_disk_free_bytes",
+        "gauge",
+        "Free bytes on the data file system",
+    ),
+    (
+        "scanside_c_store_seconds",
+        "histogram",
+        "C-STORE request to response, seconds",
+    ),
 ];
 
 impl Metrics {
@@ -125,14 +173,23 @@ mod tests {
     #[test]
     fn renders_counters_gauges_and_histogram() {
         let m = Metrics::default();
-        m.inc("scanside_associations_rejected_total", "reason=\"calling_ae\"");
-        m.inc("scanside_associations_rejected_total", "reason=\"calling_ae\"");
+        m.inc(
+            "scanside_associations_rejected_total",
+            "reason=\"calling_ae\"",
+        );
+        m.inc(
+            "scanside_associations_rejected_total",
+            "reason=\"calling_ae\"",
+        );
         m.add("scanside_bytes_stored_total", "", 1234);
         m.set_gauge("scanside_disk_free_bytes", "", 5e9);
         m.observe_store_latency(0.003);
         m.observe_store_latency(0.2);
         let t = m.render();
-        assert!(t.contains("scanside_associations_rejected_total{reason=\"calling_ae\"} 2\n"), "{t}");
+        assert!(
+            t.contains("scanside_associations_rejected_total{reason=\"calling_ae\"} 2\n"),
+            "{t}"
+        );
         assert!(t.contains("scanside_bytes_stored_total 1234\n"));
         assert!(t.contains("scanside_instances_stored_total 0\n"));
         assert!(t.contains("scanside_disk_free_bytes 5000000000\n"));

@@ -150,8 +150,9 @@ def test_dcmtk_encoded_mr_is_stored_and_decodes(daemon, tmp_path, ts):
     if ts == "1.2.840.10008.1.2.4.50":
         # Baseline JPEG is 8-bit: make an 8-bit source first.
         ds = pydicom.dcmread(src)
+        arr = ds.pixel_array
         ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
-        ds.PixelData = (ds.pixel_array >> 4).astype("uint8").tobytes()
+        ds.PixelData = (arr >> 4).astype("uint8").tobytes()
         ds.save_as(src)
     out = str(tmp_path / "enc.dcm")
     r = run(ENCODERS[ts] + [src, out])

@@ -154,7 +154,10 @@ impl PeerRule {
     pub fn matches(&self, calling_ae: &str, addr: IpAddr) -> bool {
         let addr = match addr {
             // An IPv4 peer on a dual-stack socket shows up as ::ffff:a.b.c.d.
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+            IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map(IpAddr::V4)
+                .unwrap_or(IpAddr::V6(v6)),
             v4 => v4,
         };
         self.net.contains(&addr) && self.ae_title.as_deref().is_none_or(|t| t == calling_ae)
@@ -189,7 +192,11 @@ impl Config {
             let key = e.path().to_string();
             let inner = e.into_inner();
             let message = inner.message().to_string();
-            let key = if key == "." { "<top level>".to_string() } else { key };
+            let key = if key == "." {
+                "<top level>".to_string()
+            } else {
+                key
+            };
             one(key, message)
         })?;
         let errors = cfg.validate();
@@ -354,14 +361,21 @@ mod tests {
     #[test]
     fn semantic_errors_are_all_reported() {
         let text = EMBEDDED_DEFAULT
-            .replace("ae_title = \"SCANSIDE\"", "ae_title = \"A_TITLE_FAR_TOO_LONG\"")
+            .replace(
+                "ae_title = \"SCANSIDE\"",
+                "ae_title = \"A_TITLE_FAR_TOO_LONG\"",
+            )
             .replace("address = \"127.0.0.1\"", "address = \"10.1.2.0/33\"")
             .replace("listen = \"127.0.0.1:8080\"", "listen = \"localhost\"");
         let e = Config::parse(&text, "x").unwrap_err();
         let keys: Vec<_> = e.errors.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(
             keys,
-            ["dicom.ae_title", "dicom.allowed_peers[0].address", "http.listen"]
+            [
+                "dicom.ae_title",
+                "dicom.allowed_peers[0].address",
+                "http.listen"
+            ]
         );
     }
 

@@ -235,9 +235,11 @@ mod tests {
 
     /// C-ECHO-RQ, message id 1, as DCMTK's echoscu and pynetdicom put it on the wire.
     const ECHO_RQ: &[u8] = &[
-        0x00, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x38, 0x00, 0x00, 0x00, // group length 56
+        0x00, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x38, 0x00, 0x00,
+        0x00, // group length 56
         0x00, 0x00, 0x02, 0x00, 0x12, 0x00, 0x00, 0x00, b'1', b'.', b'2', b'.', b'8', b'4', b'0',
-        b'.', b'1', b'0', b'0', b'0', b'8', b'.', b'1', b'.', b'1', 0x00, // affected SOP class
+        b'.', b'1', b'0', b'0', b'0', b'8', b'.', b'1', b'.', b'1',
+        0x00, // affected SOP class
         0x00, 0x00, 0x00, 0x01, 0x02, 0x00, 0x00, 0x00, 0x30, 0x00, // command field C-ECHO-RQ
         0x00, 0x00, 0x10, 0x01, 0x02, 0x00, 0x00, 0x00, 0x01, 0x00, // message id 1
         0x00, 0x00, 0x00, 0x08, 0x02, 0x00, 0x00, 0x00, 0x01, 0x01, // no data set
@@ -290,7 +292,10 @@ mod tests {
             .set_uid(tags::AFFECTED_SOP_INSTANCE_UID, "1.2.3");
         let d = CommandSet::decode(&c.encode()).unwrap();
         assert_eq!(d.text(tags::ERROR_COMMENT).as_deref(), Some("odd"));
-        assert_eq!(d.uid(tags::AFFECTED_SOP_INSTANCE_UID).as_deref(), Some("1.2.3"));
+        assert_eq!(
+            d.uid(tags::AFFECTED_SOP_INSTANCE_UID).as_deref(),
+            Some("1.2.3")
+        );
         assert!(d.has_data_set());
     }
 

@@ -35,7 +35,11 @@ pub enum Fragment {
     /// A complete command set, and whether a data set follows.
     Command { pc_id: u8, command: CommandSet },
     /// A piece of the data set of the last command. `last` ends the message.
-    Data { pc_id: u8, bytes: Vec<u8>, last: bool },
+    Data {
+        pc_id: u8,
+        bytes: Vec<u8>,
+        last: bool,
+    },
 }
 
 /// Reassembles DIMSE messages from P-DATA-TF values. A command may arrive in several
@@ -165,7 +169,10 @@ mod tests {
 
     fn store_rq_bytes() -> Vec<u8> {
         let mut c = CommandSet::new();
-        c.set_uid(command::tags::AFFECTED_SOP_CLASS_UID, "1.2.840.10008.5.1.4.1.1.4");
+        c.set_uid(
+            command::tags::AFFECTED_SOP_CLASS_UID,
+            "1.2.840.10008.5.1.4.1.1.4",
+        );
         c.set_u16(command::tags::COMMAND_FIELD, CommandField::CStoreRq as u16);
         c.set_u16(command::tags::MESSAGE_ID, 7);
         c.set_u16(command::tags::PRIORITY, 0);
@@ -180,14 +187,22 @@ mod tests {
         let (a, rest) = bytes.split_at(10);
         let (b, c) = rest.split_at(17);
         let mut asm = Assembler::new();
-        assert!(asm.push(pdv(3, PDataValueType::Command, false, a)).unwrap().is_none());
-        assert!(asm.push(pdv(3, PDataValueType::Command, false, b)).unwrap().is_none());
+        assert!(asm
+            .push(pdv(3, PDataValueType::Command, false, a))
+            .unwrap()
+            .is_none());
+        assert!(asm
+            .push(pdv(3, PDataValueType::Command, false, b))
+            .unwrap()
+            .is_none());
         match asm.push(pdv(3, PDataValueType::Command, true, c)).unwrap() {
             Some(Fragment::Command { pc_id, command }) => {
                 assert_eq!(pc_id, 3);
                 assert_eq!(command.message_id(), Some(7));
                 assert_eq!(
-                    command.uid(command::tags::AFFECTED_SOP_INSTANCE_UID).as_deref(),
+                    command
+                        .uid(command::tags::AFFECTED_SOP_INSTANCE_UID)
+                        .as_deref(),
                     Some("1.2.3.4")
                 );
                 assert!(command.has_data_set());
@@ -195,7 +210,10 @@ mod tests {
             other => panic!("expected a command, got {other:?}"),
         }
         assert!(asm.in_data());
-        match asm.push(pdv(3, PDataValueType::Data, false, b"abc")).unwrap() {
+        match asm
+            .push(pdv(3, PDataValueType::Data, false, b"abc"))
+            .unwrap()
+        {
             Some(Fragment::Data { bytes, last, .. }) => {
                 assert_eq!(bytes, b"abc");
                 assert!(!last);
@@ -215,7 +233,8 @@ mod tests {
         asm.push(pdv(1, PDataValueType::Command, true, &store_rq_bytes()))
             .unwrap();
         assert_eq!(
-            asm.push(pdv(3, PDataValueType::Data, true, b"x")).unwrap_err(),
+            asm.push(pdv(3, PDataValueType::Data, true, b"x"))
+                .unwrap_err(),
             DimseError::ContextMismatch {
                 expected: 1,
                 got: 3
@@ -227,7 +246,8 @@ mod tests {
     fn data_without_command_is_refused() {
         let mut asm = Assembler::new();
         assert_eq!(
-            asm.push(pdv(1, PDataValueType::Data, true, b"x")).unwrap_err(),
+            asm.push(pdv(1, PDataValueType::Data, true, b"x"))
+                .unwrap_err(),
             DimseError::UnexpectedData
         );
     }
@@ -248,9 +268,11 @@ mod tests {
     fn oversized_command_is_refused() {
         let mut asm = Assembler::new();
         let big = vec![0u8; MAX_COMMAND_BYTES];
-        asm.push(pdv(1, PDataValueType::Command, false, &big)).unwrap();
+        asm.push(pdv(1, PDataValueType::Command, false, &big))
+            .unwrap();
         assert_eq!(
-            asm.push(pdv(1, PDataValueType::Command, false, b"x")).unwrap_err(),
+            asm.push(pdv(1, PDataValueType::Command, false, b"x"))
+                .unwrap_err(),
             DimseError::CommandTooLarge
         );
     }

@@ -87,13 +87,19 @@ fn route_blocking(app: &App, path: &str) -> Response<Body> {
                 .expect("valid")
         }
         "/api/v1/jobs" => match app.store.jobs() {
-            Ok(jobs) => json_response(StatusCode::OK, serde_json::to_value(jobs).unwrap_or_default()),
+            Ok(jobs) => json_response(
+                StatusCode::OK,
+                serde_json::to_value(jobs).unwrap_or_default(),
+            ),
             Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &format!("store: {e}")),
         },
         p if p.starts_with("/api/v1/jobs/") => {
             let id = &p["/api/v1/jobs/".len()..];
             if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return error(StatusCode::BAD_REQUEST, "a job id is 16 hexadecimal characters");
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "a job id is 16 hexadecimal characters",
+                );
             }
             match app.store.job(id) {
                 Ok(Some(job)) => {
@@ -119,7 +125,9 @@ fn route_blocking(app: &App, path: &str) -> Response<Body> {
                     json_response(StatusCode::OK, v)
                 }
                 (Ok(None), _) => error(StatusCode::NOT_FOUND, &format!("no series {uid}")),
-                (Err(e), _) | (_, Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, &format!("store: {e}")),
+                (Err(e), _) | (_, Err(e)) => {
+                    error(StatusCode::SERVICE_UNAVAILABLE, &format!("store: {e}"))
+                }
             }
         }
         _ => error(StatusCode::NOT_FOUND, &format!("no such resource: {path}")),

@@ -65,8 +65,13 @@ impl Incoming {
         match crate::sys::disk_free(app.store.root()) {
             Ok(free) if free >= app.config.storage.min_free_bytes => {}
             Ok(free) => {
-                app.metrics.set_gauge("scanside_disk_free_bytes", "", free as f64);
-                tracing::error!(free, floor = app.config.storage.min_free_bytes, "disk below reserve: refusing C-STORE");
+                app.metrics
+                    .set_gauge("scanside_disk_free_bytes", "", free as f64);
+                tracing::error!(
+                    free,
+                    floor = app.config.storage.min_free_bytes,
+                    "disk below reserve: refusing C-STORE"
+                );
                 return refuse(status::OUT_OF_RESOURCES, "Storage below reserve".into());
             }
             Err(e) => {
@@ -127,7 +132,9 @@ impl Incoming {
             State::Refused { status, comment } => (status, Some(comment), None),
             State::Writing { file, path, failed } => {
                 // fsync, parsing and the index commit block: keep them off the reactor.
-                let r = tokio::task::block_in_place(|| commit(app, &self.rq, file, &path, failed, calling));
+                let r = tokio::task::block_in_place(|| {
+                    commit(app, &self.rq, file, &path, failed, calling)
+                });
                 if r.0 != status::SUCCESS {
                     let _ = std::fs::remove_file(&path);
                 }
@@ -180,7 +187,12 @@ fn commit(
     }
     let header = match store::parse_header(path) {
         Ok(h) => h,
-        Err(e) => return fail(status::CANNOT_UNDERSTAND, format!("Data set does not parse: {e}")),
+        Err(e) => {
+            return fail(
+                status::CANNOT_UNDERSTAND,
+                format!("Data set does not parse: {e}"),
+            )
+        }
     };
     let class = rq.uid(tags::AFFECTED_SOP_CLASS_UID).unwrap_or_default();
     let instance = rq.uid(tags::AFFECTED_SOP_INSTANCE_UID).unwrap_or_default();
@@ -198,7 +210,10 @@ fn commit(
     }
     for (name, uid) in [("Study", &header.study_uid), ("Series", &header.series_uid)] {
         if !store::valid_uid(uid) {
-            return fail(status::UID_MISMATCH, format!("{name} Instance UID is not a valid UID"));
+            return fail(
+                status::UID_MISMATCH,
+                format!("{name} Instance UID is not a valid UID"),
+            );
         }
     }
     match app.store.commit_instance(path, &header, calling) {

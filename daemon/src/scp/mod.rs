@@ -13,8 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dicom_ul::association::server::ServerAssociationOptions;
-use dicom_ul::pdu::{AssociationRJ, AssociationRJResult, AssociationRJServiceProviderPresentationReason, AssociationRJSource, Pdu};
-use dicom_ul::association::{AsyncServerAssociation, Association};
+use dicom_ul::association::{Association, AsyncServerAssociation};
+use dicom_ul::pdu::{
+    AssociationRJ, AssociationRJResult, AssociationRJServiceProviderPresentationReason,
+    AssociationRJSource, Pdu,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -52,7 +55,12 @@ impl Scp {
 
     /// Accepts associations until `shutdown` turns true, then waits (bounded) for
     /// the open ones to finish.
-    pub async fn serve(&self, listener: TcpListener, mut shutdown: watch::Receiver<bool>, drain: Duration) {
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        mut shutdown: watch::Receiver<bool>,
+        drain: Duration,
+    ) {
         loop {
             self.app.heartbeat.beat();
             let accepted = tokio::select! {
@@ -97,7 +105,10 @@ impl Scp {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         if self.active() > 0 {
-            tracing::warn!(open = self.active(), "shutdown: associations still open after the drain time");
+            tracing::warn!(
+                open = self.active(),
+                "shutdown: associations still open after the drain time"
+            );
         }
     }
 }
@@ -108,7 +119,9 @@ async fn reject_busy(mut stream: TcpStream, app: &App) {
     let mut buf = bytes::BytesMut::with_capacity(16 * 1024);
     let read = async {
         loop {
-            if let Ok(Some(_)) = read_pdu(&mut std::io::Cursor::new(&buf[..]), 16 * 1024 * 1024, false) {
+            if let Ok(Some(_)) =
+                read_pdu(&mut std::io::Cursor::new(&buf[..]), 16 * 1024 * 1024, false)
+            {
                 return true;
             }
             match tokio::io::AsyncReadExt::read_buf(&mut stream, &mut buf).await {
@@ -117,7 +130,10 @@ async fn reject_busy(mut stream: TcpStream, app: &App) {
             }
         }
     };
-    if !tokio::time::timeout(Duration::from_secs(10), read).await.unwrap_or(false) {
+    if !tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .unwrap_or(false)
+    {
         return;
     }
     let rj = Pdu::AssociationRJ(AssociationRJ {
@@ -131,9 +147,14 @@ async fn reject_busy(mut stream: TcpStream, app: &App) {
         let _ = stream.write_all(&out).await;
         let _ = stream.shutdown().await;
     }
-    app.metrics
-        .inc("scanside_associations_rejected_total", "reason=\"too_many_associations\"");
-    tracing::warn!(limit = app.config.dicom.max_associations, "association rejected: too many open associations");
+    app.metrics.inc(
+        "scanside_associations_rejected_total",
+        "reason=\"too_many_associations\"",
+    );
+    tracing::warn!(
+        limit = app.config.dicom.max_associations,
+        "association rejected: too many open associations"
+    );
 }
 
 fn reject_reason(e: &dicom_ul::association::Error) -> &'static str {
@@ -141,9 +162,13 @@ fn reject_reason(e: &dicom_ul::association::Error) -> &'static str {
     use dicom_ul::pdu::AssociationRJServiceUserReason as R;
     match e {
         E::Rejected { association_rj, .. } => match &association_rj.source {
-            AssociationRJSource::ServiceUser(R::CallingAETitleNotRecognized) => "calling_ae_not_allowed",
+            AssociationRJSource::ServiceUser(R::CallingAETitleNotRecognized) => {
+                "calling_ae_not_allowed"
+            }
             AssociationRJSource::ServiceUser(R::CalledAETitleNotRecognized) => "called_ae_wrong",
-            AssociationRJSource::ServiceUser(R::ApplicationContextNameNotSupported) => "application_context",
+            AssociationRJSource::ServiceUser(R::ApplicationContextNameNotSupported) => {
+                "application_context"
+            }
             _ => "other",
         },
         E::Timeout { .. } => "timeout",
@@ -157,7 +182,9 @@ fn reject_reason(e: &dicom_ul::association::Error) -> &'static str {
 fn receive_error_reason(e: &dicom_ul::association::Error) -> &'static str {
     use dicom_ul::association::Error as E;
     match e {
-        E::ReceivePdu { source: dicom_ul::pdu::ReadError::PduTooLarge { .. } } => "pdu_too_large",
+        E::ReceivePdu {
+            source: dicom_ul::pdu::ReadError::PduTooLarge { .. },
+        } => "pdu_too_large",
         E::ReceivePdu { .. } | E::UnknownPdu { .. } => "bad_pdu",
         E::ConnectionClosed { .. } | E::WireRead { .. } => "connection_closed",
         E::Timeout { .. } => "read_timeout",
@@ -205,7 +232,8 @@ async fn handle_association(app: Arc<App>, stream: TcpStream, peer: SocketAddr) 
     };
     let end = session.run(assoc, read_timeout).await;
     if !session.series_touched.is_empty() && end == End::Released {
-        app.series.released(session.series_touched.iter().cloned().collect());
+        app.series
+            .released(session.series_touched.iter().cloned().collect());
     }
     if let Some(inc) = session.incoming.take() {
         inc.discard();
@@ -227,7 +255,11 @@ struct Session {
 }
 
 impl Session {
-    async fn run(&mut self, mut assoc: AsyncServerAssociation<TcpStream>, read_timeout: Duration) -> End {
+    async fn run(
+        &mut self,
+        mut assoc: AsyncServerAssociation<TcpStream>,
+        read_timeout: Duration,
+    ) -> End {
         loop {
             let pdu = match tokio::time::timeout(read_timeout, assoc.receive()).await {
                 Ok(Ok(p)) => p,
@@ -275,9 +307,10 @@ impl Session {
     }
 
     fn abort_metric(&self, reason: &str) {
-        self.app
-            .metrics
-            .inc("scanside_associations_aborted_total", &format!("reason=\"{reason}\""));
+        self.app.metrics.inc(
+            "scanside_associations_aborted_total",
+            &format!("reason=\"{reason}\""),
+        );
     }
 
     async fn on_pdv(
@@ -287,7 +320,9 @@ impl Session {
     ) -> anyhow::Result<()> {
         match self.asm.push(pdv)? {
             None => Ok(()),
-            Some(Fragment::Command { pc_id, command }) => self.on_command(assoc, pc_id, command).await,
+            Some(Fragment::Command { pc_id, command }) => {
+                self.on_command(assoc, pc_id, command).await
+            }
             Some(Fragment::Data { bytes, last, .. }) => {
                 let Some(inc) = self.incoming.as_mut() else {
                     // Data of a command we answered already (unknown operation): drop it.
@@ -313,7 +348,12 @@ impl Session {
         pc_id: u8,
         cmd: CommandSet,
     ) -> anyhow::Result<()> {
-        let Some(pc) = assoc.presentation_contexts().iter().find(|p| p.id == pc_id).cloned() else {
+        let Some(pc) = assoc
+            .presentation_contexts()
+            .iter()
+            .find(|p| p.id == pc_id)
+            .cloned()
+        else {
             anyhow::bail!("command on presentation context {pc_id}, which was not negotiated");
         };
         match cmd.command_field() {
@@ -332,10 +372,16 @@ impl Session {
             }
             _ => {
                 let raw = cmd.command_field_raw().unwrap_or(0);
-                tracing::warn!(command = format!("{raw:#06x}"), "unsupported DIMSE operation");
+                tracing::warn!(
+                    command = format!("{raw:#06x}"),
+                    "unsupported DIMSE operation"
+                );
                 let mut rsp = CommandSet::new();
                 rsp.set_u16(tags::COMMAND_FIELD, raw | 0x8000)
-                    .set_u16(tags::MESSAGE_ID_BEING_RESPONDED_TO, cmd.message_id().unwrap_or(0))
+                    .set_u16(
+                        tags::MESSAGE_ID_BEING_RESPONDED_TO,
+                        cmd.message_id().unwrap_or(0),
+                    )
                     .set_u16(tags::COMMAND_DATA_SET_TYPE, dimse::NO_DATA_SET)
                     .set_u16(tags::STATUS, status::UNRECOGNIZED_OPERATION);
                 assoc.send(&dimse::command_pdu(pc_id, &rsp)).await?;

@@ -7,11 +7,17 @@ pub const VERIFICATION: &str = "1.2.840.10008.1.1";
 pub const STORAGE_SOP_CLASSES: &[(&str, &str)] = &[
     ("1.2.840.10008.5.1.4.1.1.4", "MR Image Storage"),
     ("1.2.840.10008.5.1.4.1.1.4.1", "Enhanced MR Image Storage"),
-    ("1.2.840.10008.5.1.4.1.1.4.4", "Legacy Converted Enhanced MR Image Storage"),
+    (
+        "1.2.840.10008.5.1.4.1.1.4.4",
+        "Legacy Converted Enhanced MR Image Storage",
+    ),
     ("1.2.840.10008.5.1.4.1.1.66.4", "Segmentation Storage"),
     ("1.2.840.10008.5.1.4.1.1.88.22", "Enhanced SR Storage"),
     ("1.2.840.10008.5.1.4.1.1.88.33", "Comprehensive SR Storage"),
-    ("1.2.840.10008.5.1.4.1.1.88.34", "Comprehensive 3D SR Storage"),
+    (
+        "1.2.840.10008.5.1.4.1.1.88.34",
+        "Comprehensive 3D SR Storage",
+    ),
 ];
 
 pub const ABSTRACT_SYNTAXES: &[&str] = &[
@@ -30,16 +36,16 @@ pub const ABSTRACT_SYNTAXES: &[&str] = &[
 /// JPEG Extended (12-bit, the MR case, does not decode with jpeg-decoder), JPEG-LS
 /// (needs CharLS) and HTJ2K (no test file and no encoder here to prove it).
 pub const TRANSFER_SYNTAXES: &[&str] = &[
-    "1.2.840.10008.1.2",        // Implicit VR Little Endian
-    "1.2.840.10008.1.2.1",      // Explicit VR Little Endian
-    "1.2.840.10008.1.2.1.99",   // Deflated Explicit VR Little Endian
-    "1.2.840.10008.1.2.2",      // Explicit VR Big Endian (retired, still sent by old scanners)
-    "1.2.840.10008.1.2.4.50",   // JPEG Baseline (Process 1)
-    "1.2.840.10008.1.2.4.57",   // JPEG Lossless, Non-Hierarchical (Process 14)
-    "1.2.840.10008.1.2.4.70",   // JPEG Lossless, First-Order Prediction (Process 14 SV1)
-    "1.2.840.10008.1.2.4.90",   // JPEG 2000 (Lossless Only)
-    "1.2.840.10008.1.2.4.91",   // JPEG 2000
-    "1.2.840.10008.1.2.5",      // RLE Lossless
+    "1.2.840.10008.1.2",      // Implicit VR Little Endian
+    "1.2.840.10008.1.2.1",    // Explicit VR Little Endian
+    "1.2.840.10008.1.2.1.99", // Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.2",    // Explicit VR Big Endian (retired, still sent by old scanners)
+    "1.2.840.10008.1.2.4.50", // JPEG Baseline (Process 1)
+    "1.2.840.10008.1.2.4.57", // JPEG Lossless, Non-Hierarchical (Process 14)
+    "1.2.840.10008.1.2.4.70", // JPEG Lossless, First-Order Prediction (Process 14 SV1)
+    "1.2.840.10008.1.2.4.90", // JPEG 2000 (Lossless Only)
+    "1.2.840.10008.1.2.4.91", // JPEG 2000
+    "1.2.840.10008.1.2.5",    // RLE Lossless
 ];
 
 #[cfg(test)]
@@ -70,7 +76,10 @@ mod tests {
             assert!(doc.contains(uid), "docs/CONFORMANCE.md lacks {uid}");
         }
         for uid in TRANSFER_SYNTAXES {
-            assert!(doc.contains(&format!("`{uid}`")), "docs/CONFORMANCE.md lacks {uid}");
+            assert!(
+                doc.contains(&format!("`{uid}`")),
+                "docs/CONFORMANCE.md lacks {uid}"
+            );
         }
     }
 }

@@ -26,7 +26,11 @@ pub struct SeriesTracker {
 }
 
 impl SeriesTracker {
-    pub fn new(store: Arc<Store>, cfg: SeriesConfig, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+    pub fn new(
+        store: Arc<Store>,
+        cfg: SeriesConfig,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
         let open = store
             .all_series()?
             .into_iter()
@@ -80,7 +84,11 @@ impl SeriesTracker {
         let now = now_ms();
         let quiet = self.cfg.release_quiet_s * 1000;
         let idle = self.cfg.idle_timeout_s * 1000;
-        let uids: Vec<String> = self.open.lock().map(|o| o.iter().cloned().collect()).unwrap_or_default();
+        let uids: Vec<String> = self
+            .open
+            .lock()
+            .map(|o| o.iter().cloned().collect())
+            .unwrap_or_default();
         let mut n = 0;
         for uid in uids {
             let s = match self.store.series(&uid) {
@@ -100,7 +108,10 @@ impl SeriesTracker {
             }
             let reason = if s.expected_reached() {
                 Some(REASON_EXPECTED)
-            } else if s.released_at_ms.is_some_and(|r| now >= r.max(s.last_received_ms) + quiet) {
+            } else if s
+                .released_at_ms
+                .is_some_and(|r| now >= r.max(s.last_received_ms) + quiet)
+            {
                 Some(REASON_RELEASED)
             } else if now >= s.last_received_ms + idle {
                 Some(REASON_IDLE)

@@ -34,7 +34,9 @@ pub fn valid_uid(uid: &str) -> bool {
     !uid.is_empty()
         && uid.len() <= 64
         && uid.split('.').all(|c| {
-            !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()) && (c == "0" || !c.starts_with('0'))
+            !c.is_empty()
+                && c.bytes().all(|b| b.is_ascii_digit())
+                && (c == "0" || !c.starts_with('0'))
         })
 }
 
@@ -106,7 +108,11 @@ pub fn parse_header(path: &Path) -> Result<InstanceHeader> {
         sop_instance_uid: need(tags::SOP_INSTANCE_UID, "SOPInstanceUID (0008,0018)")?,
         study_uid: need(tags::STUDY_INSTANCE_UID, "StudyInstanceUID (0020,000D)")?,
         series_uid: need(tags::SERIES_INSTANCE_UID, "SeriesInstanceUID (0020,000E)")?,
-        transfer_syntax: obj.meta().transfer_syntax().trim_end_matches('\0').to_string(),
+        transfer_syntax: obj
+            .meta()
+            .transfer_syntax()
+            .trim_end_matches('\0')
+            .to_string(),
         modality: text(&obj, tags::MODALITY).unwrap_or_default(),
         series_description: text(&obj, tags::SERIES_DESCRIPTION).unwrap_or_default(),
         instance_number: int(&obj, tags::INSTANCE_NUMBER),
@@ -124,7 +130,16 @@ mod tests {
     fn uid_validation() {
         assert!(valid_uid("1.2.840.10008.5.1.4.1.1.4"));
         assert!(valid_uid("2.25.0"));
-        for bad in ["", "1..2", "1.2.", "../etc", "1.2/3", "1.02", "a.b", &"1.".repeat(40)] {
+        for bad in [
+            "",
+            "1..2",
+            "1.2.",
+            "../etc",
+            "1.2/3",
+            "1.02",
+            "a.b",
+            &"1.".repeat(40),
+        ] {
             assert!(!valid_uid(bad), "{bad:?} accepted");
         }
     }

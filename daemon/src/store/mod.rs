@@ -150,7 +150,11 @@ impl Store {
         header: &InstanceHeader,
         calling_ae: &str,
     ) -> Result<Commit> {
-        for uid in [&header.study_uid, &header.series_uid, &header.sop_instance_uid] {
+        for uid in [
+            &header.study_uid,
+            &header.series_uid,
+            &header.sop_instance_uid,
+        ] {
             if !valid_uid(uid) {
                 return Err(anyhow!("invalid UID {uid:?}"));
             }
@@ -277,7 +281,10 @@ impl Store {
                     }
                     None => JobRecord::new(&s, now),
                 };
-                ser.insert(series_uid.as_bytes(), serde_json::to_vec(&s).map_err(abort)?)?;
+                ser.insert(
+                    series_uid.as_bytes(),
+                    serde_json::to_vec(&s).map_err(abort)?,
+                )?;
                 jobs.insert(id.as_bytes(), serde_json::to_vec(&job).map_err(abort)?)?;
                 Ok(Some(job))
             });

@@ -115,7 +115,8 @@ impl SeriesRecord {
     }
 
     pub fn expected_reached(&self) -> bool {
-        self.expected_count.is_some_and(|e| self.instance_count >= e)
+        self.expected_count
+            .is_some_and(|e| self.instance_count >= e)
     }
 }
 

@@ -50,11 +50,17 @@ pub async fn watchdog(app: Arc<crate::App>) {
     loop {
         tokio::time::sleep(period).await;
         let a = app.clone();
-        let store_ok = tokio::task::spawn_blocking(move || a.store.ping()).await.unwrap_or(false);
+        let store_ok = tokio::task::spawn_blocking(move || a.store.ping())
+            .await
+            .unwrap_or(false);
         if store_ok && app.heartbeat.age_ms() < stale_ms {
             notify(&[sd_notify::NotifyState::Watchdog]);
         } else {
-            tracing::error!(store_ok, heartbeat_age_ms = app.heartbeat.age_ms(), "health check failed: withholding WATCHDOG=1");
+            tracing::error!(
+                store_ok,
+                heartbeat_age_ms = app.heartbeat.age_ms(),
+                "health check failed: withholding WATCHDOG=1"
+            );
         }
     }
 }
