@@ -118,3 +118,39 @@ def test_http_errors_are_specific(daemon):
                  "scanside_bytes_stored_total", "scanside_c_store_seconds_bucket",
                  "scanside_disk_free_bytes", "scanside_series_completed_total"]:
         assert name in m, name
+
+
+def test_systemd_unit_verifies(tmp_path):
+    import shutil
+    if not shutil.which("systemd-analyze"):
+        import pytest
+        pytest.skip("systemd-analyze not installed")
+    unit = open(os.path.join(ROOT, "systemd", "scanside.service")).read()
+    assert "Type=notify" in unit and "WatchdogSec=" in unit
+    # Point ExecStart at the binary under test so verify can check it exists.
+    local = tmp_path / "scanside.service"
+    local.write_text(unit.replace("/usr/bin/scanside", os.path.abspath(BIN)))
+    r = run(["systemd-analyze", "verify", str(local)])
+    problems = [l for l in (r.stdout + r.stderr).splitlines() if "scanside.service" in l]
+    assert r.returncode == 0 and not problems, r.stdout + r.stderr
+
+
+def test_sigterm_drains_an_open_association(daemon, tmp_path):
+    import rawdicom
+    from synth import dataset_bytes, make_series
+    p = make_series(tmp_path / "s", n=1)[0]
+    import pydicom
+    uid = pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID
+    c = rawdicom.Conn("127.0.0.1", daemon.port)
+    assert c.associate()[0] == 2
+    daemon.proc.terminate()
+    time.sleep(0.5)
+    assert daemon.proc.poll() is None, "exited while an association was open"
+    # New associations are no longer accepted...
+    assert run(["echoscu", "-aec", "SCANSIDE", "127.0.0.1", str(daemon.port)]).returncode != 0
+    # ...but the open one finishes its work.
+    rsp = c.store(rawdicom.MR, uid, dataset_bytes(p))
+    assert rawdicom.status_of(rsp) == 0
+    c.release()
+    assert daemon.proc.wait(15) == 0
+    assert len(daemon.spool_files()) == 1

@@ -100,6 +100,8 @@ impl Scp {
                 }
             });
         }
+        // Refuse new connections at once instead of leaving them in the backlog.
+        drop(listener);
         let deadline = Instant::now() + drain;
         while self.active() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
