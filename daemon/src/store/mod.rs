@@ -205,43 +205,28 @@ impl Store {
                     size: rec.size,
                 })
             });
-        res.map_err(|e| match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => anyhow!(e),
-        })
+        res.map_err(txn_error)
     }
 
     pub fn instance(&self, sop_instance_uid: &str) -> Result<Option<StoredInstance>> {
-        Ok(match self.instances.get(sop_instance_uid.as_bytes())? {
-            Some(v) => Some(serde_json::from_slice(&v)?),
-            None => None,
-        })
+        get_json(&self.instances, sop_instance_uid)
     }
 
     pub fn instances_of_series(&self, series_uid: &str) -> Result<Vec<StoredInstance>> {
-        let mut out = Vec::new();
-        for kv in self.instances.iter() {
-            let (_, v) = kv?;
-            let r: StoredInstance = serde_json::from_slice(&v)?;
-            if r.series_uid == series_uid {
-                out.push(r);
-            }
-        }
-        Ok(out)
+        // A full scan: fine for the status API; Q/R will want a series-keyed index.
+        let all: Vec<StoredInstance> = all_json(&self.instances)?;
+        Ok(all
+            .into_iter()
+            .filter(|r| r.series_uid == series_uid)
+            .collect())
     }
 
     pub fn series(&self, series_uid: &str) -> Result<Option<SeriesRecord>> {
-        Ok(match self.series.get(series_uid.as_bytes())? {
-            Some(v) => Some(serde_json::from_slice(&v)?),
-            None => None,
-        })
+        get_json(&self.series, series_uid)
     }
 
     pub fn all_series(&self) -> Result<Vec<SeriesRecord>> {
-        self.series
-            .iter()
-            .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
-            .collect()
+        all_json(&self.series)
     }
 
     /// Read-modify-write of one series row, durably.
@@ -288,27 +273,17 @@ impl Store {
                 jobs.insert(id.as_bytes(), serde_json::to_vec(&job).map_err(abort)?)?;
                 Ok(Some(job))
             });
-        let job = res.map_err(|e| match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => anyhow!(e),
-        })?;
+        let job = res.map_err(txn_error)?;
         self.sync()?;
         Ok(job)
     }
 
     pub fn job(&self, id: &str) -> Result<Option<JobRecord>> {
-        Ok(match self.jobs.get(id.as_bytes())? {
-            Some(v) => Some(serde_json::from_slice(&v)?),
-            None => None,
-        })
+        get_json(&self.jobs, id)
     }
 
     pub fn jobs(&self) -> Result<Vec<JobRecord>> {
-        let mut v: Vec<JobRecord> = self
-            .jobs
-            .iter()
-            .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
-            .collect::<Result<_>>()?;
+        let mut v: Vec<JobRecord> = all_json(&self.jobs)?;
         v.sort_by_key(|j| std::cmp::Reverse(j.created_at_ms));
         Ok(v)
     }
@@ -372,6 +347,26 @@ impl Store {
             ));
         }
         Ok(())
+    }
+}
+
+fn get_json<T: serde::de::DeserializeOwned>(tree: &sled::Tree, key: &str) -> Result<Option<T>> {
+    match tree.get(key.as_bytes())? {
+        Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+        None => Ok(None),
+    }
+}
+
+fn all_json<T: serde::de::DeserializeOwned>(tree: &sled::Tree) -> Result<Vec<T>> {
+    tree.iter()
+        .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
+        .collect()
+}
+
+fn txn_error(e: TransactionError<anyhow::Error>) -> anyhow::Error {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => anyhow!(e),
     }
 }
 
