@@ -12,6 +12,7 @@ pub use records::{JobRecord, JobState, SeriesRecord, SeriesState, StoredInstance
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -35,7 +36,9 @@ pub enum Commit {
 pub struct Store {
     root: PathBuf,
     db: sled::Db,
-    db_file: Mutex<File>,
+    /// sled's data file and the write generation its last sync covered.
+    db_file: Mutex<(File, u64)>,
+    write_gen: AtomicU64,
     instances: sled::Tree,
     series: sled::Tree,
     jobs: sled::Tree,
@@ -91,7 +94,8 @@ impl Store {
             instances: db.open_tree("instances")?,
             series: db.open_tree("series")?,
             jobs: db.open_tree("jobs")?,
-            db_file: Mutex::new(db_file),
+            db_file: Mutex::new((db_file, 0)),
+            write_gen: AtomicU64::new(0),
             db,
             root: root.to_path_buf(),
         };
@@ -115,13 +119,23 @@ impl Store {
 
     /// sled's flush writes its buffers; syncing the data file makes sure they reach
     /// the disk and not just the page cache.
+    ///
+    /// Group commit: a caller whose write was already covered by another thread's
+    /// sync (one that started after the write) returns at once, so concurrent
+    /// associations share one flush instead of queueing for one each.
     fn sync(&self) -> Result<()> {
-        self.db.flush().context("index flush failed")?;
-        self.db_file
+        let my_write = self.write_gen.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut synced = self
+            .db_file
             .lock()
-            .map_err(|_| anyhow!("index file lock poisoned"))?
-            .sync_all()
-            .context("index sync failed")?;
+            .map_err(|_| anyhow!("index file lock poisoned"))?;
+        if synced.1 >= my_write {
+            return Ok(());
+        }
+        let covers = self.write_gen.load(Ordering::SeqCst);
+        self.db.flush().context("index flush failed")?;
+        synced.0.sync_all().context("index sync failed")?;
+        synced.1 = covers;
         Ok(())
     }
 
@@ -167,7 +181,6 @@ impl Store {
         let dir = dest.parent().expect("spool path has a parent");
         create_dir_durable(dir, &self.root.join("spool"))?;
         fs::rename(tmp, &dest).with_context(|| format!("rename to {}", dest.display()))?;
-        fsync_dir(dir)?;
         let size = fs::metadata(&dest)?.len();
         let rel = dest
             .strip_prefix(&self.root)
@@ -175,7 +188,12 @@ impl Store {
             .to_string_lossy()
             .into_owned();
         let rec = StoredInstance::new(header, rel, size, calling_ae, now_ms());
+        // The index row is written before the directory fsync so that one journal
+        // commit carries both the rename and sled's file growth. Nothing is
+        // acknowledged before both syncs below; a crash in between leaves a file
+        // without a row or a row without a file, and `reconcile` mends either.
         let outcome = self.index_instance(&rec)?;
+        fsync_dir(dir)?;
         self.sync()?;
         Ok(outcome)
     }
