@@ -6,9 +6,11 @@
 
 pub mod config;
 pub mod dimse;
+pub mod gate;
 pub mod http;
 pub mod inspect;
 pub mod metrics;
+pub mod pipeline;
 pub mod scp;
 pub mod series;
 pub mod store;
@@ -99,6 +101,7 @@ pub async fn run(config: Config) -> Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(http::serve(app.clone(), http, stop_rx.clone()));
     tokio::spawn(series.run(stop_rx.clone()));
+    tokio::spawn(pipeline::run(app.clone(), stop_rx.clone()));
     tokio::spawn(sys::watchdog(app.clone()));
     tokio::spawn(async move {
         wait_for_stop_signal().await;

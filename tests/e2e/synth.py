@@ -14,8 +14,14 @@ ROOT = "2.25."  # generate_uid() makes 2.25 UUID-derived UIDs
 
 def make_series(out_dir, n=20, rows=64, cols=64, images_in_acquisition=True,
                 study_uid=None, series_uid=None, description="T1 MPRAGE brain",
-                patient_name="Synthetic^Patient", patient_id="SYN0001", seed=0):
-    """Writes n slices; returns their paths in slice order."""
+                patient_name="Synthetic^Patient", patient_id="SYN0001", seed=0,
+                spacing=1.0, thickness=None, acquisition="3D", pixel_spacing=1.0,
+                iop=(1, 0, 0, 0, 1, 0), tweak=None):
+    """Writes n slices; returns their paths in slice order.
+
+    The header is that of a 3 T T1 MPRAGE of the head, so a series of head size
+    (e.g. 256x256 at 1 mm, 120+ slices) passes the gate's header and geometry stages.
+    `tweak(i, ds)` may change any slice before it is written (degraded variants)."""
     os.makedirs(out_dir, exist_ok=True)
     rng = np.random.default_rng(seed)
     study_uid = study_uid or generate_uid()
@@ -49,16 +55,30 @@ def make_series(out_dir, n=20, rows=64, cols=64, images_in_acquisition=True,
         ds.InstanceNumber = i + 1
         if images_in_acquisition:
             ds.ImagesInAcquisition = n
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.ImagePositionPatient = [-rows / 2, -cols / 2, float(i)]
-        ds.PixelSpacing = [1.0, 1.0]
-        ds.SliceThickness = 1.0
+        ds.Manufacturer = "SYNTHETIC"
+        ds.ManufacturerModelName = "scanside-synth"
+        ds.MagneticFieldStrength = 3
+        ds.ScanningSequence = ["GR", "IR"]
+        ds.SequenceVariant = ["SP", "MP"]
+        ds.MRAcquisitionType = acquisition
+        ds.RepetitionTime = 2300
+        ds.EchoTime = 2.3
+        ds.InversionTime = 900
+        ds.ImageOrientationPatient = list(iop)
+        row, col = np.array(iop[:3], float), np.array(iop[3:], float)
+        normal = np.cross(row, col)
+        origin = -row * cols * pixel_spacing / 2 - col * rows * pixel_spacing / 2
+        ds.ImagePositionPatient = [float(x) for x in origin + normal * i * spacing]
+        ds.PixelSpacing = [pixel_spacing, pixel_spacing]
+        ds.SliceThickness = thickness if thickness is not None else spacing
         ds.Rows, ds.Columns = rows, cols
         ds.SamplesPerPixel = 1
         ds.PhotometricInterpretation = "MONOCHROME2"
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
         img = (ellipse * 900 + rng.normal(100, 20, (rows, cols))).clip(0, 4095).astype(np.uint16)
         ds.PixelData = img.tobytes()
+        if tweak:
+            tweak(i, ds)
         p = os.path.join(out_dir, f"slice{i:04d}.dcm")
         ds.save_as(p, enforce_file_format=True)
         paths.append(p)

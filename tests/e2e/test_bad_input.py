@@ -8,7 +8,7 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless
 from pynetdicom import AE
-from pynetdicom.sop_class import CTImageStorage, MRImageStorage
+from pynetdicom.sop_class import MRImageStorage, RTPlanStorage
 
 import rawdicom
 from conftest import run
@@ -55,12 +55,13 @@ def test_wrong_called_ae_is_rejected(daemon):
 
 
 def test_unsupported_sop_class_not_accepted(daemon):
-    ct = os.path.join(PYDICOM_FILES, "CT_small.dcm")
-    r = run(["storescu", "-aec", "SCANSIDE", "127.0.0.1", str(daemon.port), ct])
+    # Not an image: nothing the gate could say about it, so refused at negotiation.
+    plan = os.path.join(PYDICOM_FILES, "rtplan.dcm")
+    r = run(["storescu", "-aec", "SCANSIDE", "127.0.0.1", str(daemon.port), plan])
     assert r.returncode != 0
     assert "No presentation context" in r.stdout + r.stderr
     ae = AE()
-    ae.add_requested_context(CTImageStorage)
+    ae.add_requested_context(RTPlanStorage)
     assoc = ae.associate("127.0.0.1", daemon.port, ae_title="SCANSIDE")
     # pynetdicom refuses an association whose every context was rejected.
     assert not assoc.is_established

@@ -51,7 +51,7 @@ def test_storescu_one_association_completes_on_expected_count(daemon, tmp_path):
     assert_all_stored_identical(daemon, paths)
     jobs = daemon.wait_jobs(1)
     assert jobs[0]["series_instance_uid"] == series_uid(paths)
-    assert jobs[0]["state"] == "complete"
+    assert [h["state"] for h in jobs[0]["history"]][:2] == ["received", "complete"]
     assert jobs[0]["completion_reason"] == "expected_count"
     assert jobs[0]["instance_count"] == 30
     code, detail = daemon.get_json(f"/api/v1/jobs/{jobs[0]['id']}")

@@ -23,6 +23,8 @@ pub struct Config {
     #[serde(default)]
     pub series: SeriesConfig,
     pub http: HttpConfig,
+    #[serde(default)]
+    pub gate: GateConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -90,6 +92,51 @@ impl Default for SeriesConfig {
 pub struct HttpConfig {
     /// Address and port of the health/metrics/status listener.
     pub listen: String,
+}
+
+/// Thresholds of the series gate (clinical.md 1(a), 1(b)).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct GateConfig {
+    /// Magnetic field strength floor, tesla (H7).
+    pub min_field_strength_t: f64,
+    /// Fewest slices that make a brain volume (G6).
+    pub min_slices: usize,
+    /// Least coverage along the slice normal, mm (G6).
+    pub min_coverage_mm: f64,
+    /// Least in-plane field of view, mm (G6).
+    pub min_inplane_fov_mm: f64,
+    /// Smallest Rows/Columns (G9).
+    pub min_matrix: u32,
+    /// Coarsest in-plane pixel spacing, mm (G7).
+    pub max_pixel_spacing_mm: f64,
+    /// Widest slice spacing of a 3D acquisition, mm (G7).
+    pub max_slice_spacing_3d_mm: f64,
+    /// Widest slice spacing of a 2D acquisition, mm (G7).
+    pub max_slice_spacing_2d_mm: f64,
+    /// Largest gap between 2D slices (spacing - thickness), mm (G7).
+    pub max_slice_gap_mm: f64,
+    /// Spacing tolerance: max(this, fraction x median step), mm (G3).
+    pub spacing_tolerance_mm: f64,
+    pub spacing_tolerance_fraction: f64,
+}
+
+impl Default for GateConfig {
+    fn default() -> Self {
+        GateConfig {
+            min_field_strength_t: 1.0,
+            min_slices: 20,
+            min_coverage_mm: 100.0,
+            min_inplane_fov_mm: 180.0,
+            min_matrix: 128,
+            max_pixel_spacing_mm: 1.5,
+            max_slice_spacing_3d_mm: 1.5,
+            max_slice_spacing_2d_mm: 5.0,
+            max_slice_gap_mm: 0.1,
+            spacing_tolerance_mm: 0.2,
+            spacing_tolerance_fraction: 0.05,
+        }
+    }
 }
 
 fn default_max_associations() -> usize {
@@ -265,6 +312,34 @@ impl Config {
         }
         if let Err(m) = parse_listen(&self.http.listen) {
             err("http.listen", m);
+        }
+        let g = &self.gate;
+        for (key, v) in [
+            ("gate.min_field_strength_t", g.min_field_strength_t),
+            ("gate.min_coverage_mm", g.min_coverage_mm),
+            ("gate.min_inplane_fov_mm", g.min_inplane_fov_mm),
+            ("gate.max_slice_gap_mm", g.max_slice_gap_mm),
+            ("gate.spacing_tolerance_mm", g.spacing_tolerance_mm),
+            (
+                "gate.spacing_tolerance_fraction",
+                g.spacing_tolerance_fraction,
+            ),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                err(key, format!("must be a number >= 0, not {v}"));
+            }
+        }
+        for (key, v) in [
+            ("gate.max_pixel_spacing_mm", g.max_pixel_spacing_mm),
+            ("gate.max_slice_spacing_3d_mm", g.max_slice_spacing_3d_mm),
+            ("gate.max_slice_spacing_2d_mm", g.max_slice_spacing_2d_mm),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                err(key, format!("must be a number > 0, not {v}"));
+            }
+        }
+        if g.min_slices < 2 {
+            err("gate.min_slices", "must be at least 2".into());
         }
         errs
     }

@@ -204,8 +204,8 @@ async fn handle_association(app: Arc<App>, stream: TcpStream, peer: SocketAddr) 
         .strict(true)
         .read_timeout(read_timeout)
         .write_timeout(read_timeout);
-    for uid in sop::ABSTRACT_SYNTAXES {
-        options = options.with_abstract_syntax(*uid);
+    for uid in sop::abstract_syntaxes() {
+        options = options.with_abstract_syntax(uid);
     }
     for uid in sop::TRANSFER_SYNTAXES {
         options = options.with_transfer_syntax(*uid);

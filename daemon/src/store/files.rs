@@ -86,11 +86,143 @@ fn int(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<i64> {
 const ENHANCED_MR: &str = "1.2.840.10008.5.1.4.1.1.4.1";
 const LEGACY_ENHANCED_MR: &str = "1.2.840.10008.5.1.4.1.1.4.4";
 
+const KNOWN_VRS: &[&[u8; 2]] = &[
+    b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"OB",
+    b"OD", b"OF", b"OL", b"OV", b"OW", b"PN", b"SH", b"SL", b"SQ", b"SS", b"ST", b"SV", b"TM",
+    b"UC", b"UI", b"UL", b"UN", b"UR", b"US", b"UT", b"UV",
+];
+
+/// Walks the element headers of a data set and checks that no defined length runs
+/// past the end of the data. dicom-rs allocates a value's buffer from its header
+/// before reading it: a 10 KiB file with one bogus length made it take 1.2 GB and
+/// 10 s to fail (pydicom's SC_rgb_jpeg.dcm). This bounds every allocation by the
+/// file's own size. Deflated data sets are not walked (their bytes are compressed).
+pub fn check_element_lengths(data: &[u8], implicit: bool, big_endian: bool) -> Result<()> {
+    let u16_at = |p: usize| {
+        let b = [data[p], data[p + 1]];
+        if big_endian {
+            u16::from_be_bytes(b)
+        } else {
+            u16::from_le_bytes(b)
+        }
+    };
+    let u32_at = |p: usize| {
+        let b = [data[p], data[p + 1], data[p + 2], data[p + 3]];
+        if big_endian {
+            u32::from_be_bytes(b)
+        } else {
+            u32::from_le_bytes(b)
+        }
+    };
+    let mut pos = 0usize;
+    let mut in_fragments = false;
+    while pos < data.len() {
+        if data.len() - pos < 8 {
+            return Err(anyhow!("truncated element header at byte {pos}"));
+        }
+        let (group, elem) = (u16_at(pos), u16_at(pos + 2));
+        let remaining = |hdr: usize| data.len() - pos - hdr;
+        if group == 0xFFFE {
+            // Item and delimiters: always a 4-byte length, never a VR.
+            let len = u32_at(pos + 4);
+            pos += 8;
+            if elem == 0xE0DD {
+                in_fragments = false;
+            } else if elem == 0xE000 && len != u32::MAX {
+                if len as usize > data.len() - pos {
+                    return Err(anyhow!(
+                        "item claims {len} bytes, {} remain",
+                        data.len() - pos
+                    ));
+                }
+                // Pixel data fragments are opaque; sequence items hold elements.
+                if in_fragments {
+                    pos += len as usize;
+                }
+            }
+            continue;
+        }
+        let (len, hdr, vr) = if implicit {
+            (u32_at(pos + 4), 8, [0u8, 0u8])
+        } else {
+            let vr = [data[pos + 4], data[pos + 5]];
+            if !KNOWN_VRS.contains(&&vr) {
+                return Err(anyhow!(
+                    "element ({group:04X},{elem:04X}) has no valid VR: the data set is not explicit VR as its transfer syntax says"
+                ));
+            }
+            if matches!(
+                &vr,
+                b"OB"
+                    | b"OW"
+                    | b"OF"
+                    | b"OD"
+                    | b"OL"
+                    | b"OV"
+                    | b"SQ"
+                    | b"UT"
+                    | b"UN"
+                    | b"UC"
+                    | b"UR"
+                    | b"SV"
+                    | b"UV"
+            ) {
+                if data.len() - pos < 12 {
+                    return Err(anyhow!("truncated element header at byte {pos}"));
+                }
+                (u32_at(pos + 8), 12, vr)
+            } else {
+                (u16_at(pos + 6) as u32, 8, vr)
+            }
+        };
+        if len == u32::MAX {
+            // Undefined length: a sequence, or encapsulated pixel data.
+            in_fragments = (group, elem) == (0x7FE0, 0x0010);
+            pos += hdr;
+            continue;
+        }
+        if len as usize > remaining(hdr) {
+            return Err(anyhow!(
+                "element ({group:04X},{elem:04X}) claims {len} bytes, {} remain",
+                remaining(hdr)
+            ));
+        }
+        pos += hdr;
+        // A defined-length explicit SQ is walked into; everything else is skipped.
+        if &vr != b"SQ" {
+            pos += len as usize;
+        }
+    }
+    Ok(())
+}
+
 /// Parses the whole file (so a truncated data set is caught here, not later) and
 /// returns its identifying attributes.
 pub fn parse_header(path: &Path) -> Result<InstanceHeader> {
+    let bytes = std::fs::read(path)?;
+    if bytes.len() < 144 || &bytes[128..132] != b"DICM" {
+        return Err(anyhow!("not a DICOM Part 10 file"));
+    }
+    // The file meta group alone: the data set is not touched before the walk below.
+    let meta = dicom_object::meta::FileMetaTable::from_reader(&bytes[128..])
+        .map_err(|e| anyhow!("file meta: {e}"))?;
+    let ts = meta.transfer_syntax().trim_end_matches('\0').to_string();
+    if bytes[132..138] != [0x02, 0x00, 0x00, 0x00, b'U', b'L'] {
+        return Err(anyhow!(
+            "file meta does not start with its group length (0002,0000)"
+        ));
+    }
+    let meta_len = u32::from_le_bytes([bytes[140], bytes[141], bytes[142], bytes[143]]) as usize;
+    if ts != "1.2.840.10008.1.2.1.99" {
+        let start = (144 + meta_len).min(bytes.len());
+        check_element_lengths(
+            &bytes[start..],
+            ts == "1.2.840.10008.1.2",
+            ts == "1.2.840.10008.1.2.2",
+        )?;
+    }
     let obj = OpenFileOptions::new()
-        .open_file(path)
+        .from_reader(&bytes[128..])
         .map_err(|e| anyhow!("{e}"))?;
     let need = |tag, name: &str| text(&obj, tag).ok_or_else(|| anyhow!("{name} is missing"));
     let sop_class_uid = need(tags::SOP_CLASS_UID, "SOPClassUID (0008,0016)")?;
@@ -142,6 +274,52 @@ mod tests {
         ] {
             assert!(!valid_uid(bad), "{bad:?} accepted");
         }
+    }
+
+    fn el(group: u16, elem: u16, vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&group.to_le_bytes());
+        v.extend_from_slice(&elem.to_le_bytes());
+        v.extend_from_slice(vr);
+        v.extend_from_slice(&(value.len() as u16).to_le_bytes());
+        v.extend_from_slice(value);
+        v
+    }
+
+    #[test]
+    fn element_lengths_are_bounded_by_the_data() {
+        let mut ok = el(0x0008, 0x0060, b"CS", b"MR");
+        ok.extend(el(0x0010, 0x0010, b"PN", b"A^B "));
+        assert!(check_element_lengths(&ok, false, false).is_ok());
+        // An OB element claiming 1 GB in a few bytes of data.
+        let mut bogus = ok.clone();
+        bogus.extend_from_slice(&[0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0]);
+        bogus.extend_from_slice(&0x4000_0000u32.to_le_bytes());
+        bogus.extend_from_slice(&[1, 2, 3, 4]);
+        let e = check_element_lengths(&bogus, false, false).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("(7FE0,0010) claims 1073741824 bytes, 4 remain"),
+            "{e}"
+        );
+        // Implicit VR: the same check with 4-byte lengths.
+        let mut imp = Vec::new();
+        imp.extend_from_slice(&[0x08, 0x00, 0x60, 0x00]);
+        imp.extend_from_slice(&100u32.to_le_bytes());
+        imp.extend_from_slice(b"MR");
+        assert!(check_element_lengths(&imp, true, false).is_err());
+        // Encapsulated pixel data: fragments are skipped by their item length.
+        let mut enc = ok;
+        enc.extend_from_slice(&[
+            0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+        ]);
+        for frag in [&b""[..], &b"\xFE\xFF\x00\xE0garbage!"[..]] {
+            enc.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0]);
+            enc.extend_from_slice(&(frag.len() as u32).to_le_bytes());
+            enc.extend_from_slice(frag);
+        }
+        enc.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+        assert!(check_element_lengths(&enc, false, false).is_ok());
     }
 
     #[test]

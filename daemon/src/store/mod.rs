@@ -296,6 +296,46 @@ impl Store {
         Ok(job)
     }
 
+    /// Stores the gate's decision and moves the job to `gated` or `rejected`, unless
+    /// the job changed meanwhile (its series was reopened): then nothing happens and
+    /// the job is gated again once complete.
+    pub fn record_gate(
+        &self,
+        id: &str,
+        gated_instances: u64,
+        decision: serde_json::Value,
+        passed: bool,
+        note: String,
+    ) -> Result<bool> {
+        let now = now_ms();
+        let res: Result<bool, TransactionError<anyhow::Error>> = self.jobs.transaction(|jobs| {
+            let abort = |e: serde_json::Error| ConflictableTransactionError::Abort(anyhow!(e));
+            let Some(v) = jobs.get(id.as_bytes())? else {
+                return Ok(false);
+            };
+            let mut j: JobRecord = serde_json::from_slice(&v).map_err(abort)?;
+            if j.state != JobState::Complete || j.instance_count != gated_instances {
+                return Ok(false);
+            }
+            j.state = if passed {
+                JobState::Gated
+            } else {
+                JobState::Rejected
+            };
+            j.gate = Some(decision.clone());
+            j.history.push(records::StateChange {
+                state: j.state,
+                at_ms: now,
+                note: Some(note.clone()),
+            });
+            jobs.insert(id.as_bytes(), serde_json::to_vec(&j).map_err(abort)?)?;
+            Ok(true)
+        });
+        let changed = res.map_err(txn_error)?;
+        self.sync()?;
+        Ok(changed)
+    }
+
     pub fn job(&self, id: &str) -> Result<Option<JobRecord>> {
         get_json(&self.jobs, id)
     }

@@ -155,6 +155,9 @@ pub struct JobRecord {
     pub reopened: u32,
     pub created_at_ms: u64,
     pub history: Vec<StateChange>,
+    /// The gate's decision (stages, codes, values), once gated or rejected.
+    #[serde(default)]
+    pub gate: Option<serde_json::Value>,
 }
 
 impl JobRecord {
@@ -187,6 +190,7 @@ impl JobRecord {
                     note: s.completion_reason.clone(),
                 },
             ],
+            gate: None,
         }
     }
 
@@ -194,6 +198,7 @@ impl JobRecord {
     /// goes back to `complete` so later stages run over the full series.
     pub fn series_completed_again(&mut self, s: &SeriesRecord, now: u64) {
         self.state = JobState::Complete;
+        self.gate = None;
         self.instance_count = s.instance_count;
         self.completion_reason = s.completion_reason.clone().unwrap_or_default();
         self.reopened = s.reopened;

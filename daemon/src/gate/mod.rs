@@ -1,0 +1,101 @@
+//! The series gate: only brain MR of usable quality goes on to segmentation, and
+//! every refusal says why (a stable code, a sentence for the technician, and the
+//! values that decided).
+//!
+//! Stages run in order and stop at the first that refuses: `header` (what the
+//! series is), `geometry` (whether it forms a usable volume). The image-quality
+//! stage (SNR, CNR/CJV, EFC, FBER, head-shaped foreground) is not built yet.
+
+pub mod geometry;
+pub mod header;
+pub mod slice;
+
+use serde::Serialize;
+use serde_json::json;
+
+use crate::config::GateConfig;
+pub use slice::SliceHeader;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Reason {
+    pub code: &'static str,
+    pub message: String,
+    pub values: serde_json::Value,
+}
+
+impl Reason {
+    pub fn new(code: &'static str, message: &str, values: serde_json::Value) -> Self {
+        Reason {
+            code,
+            message: message.to_string(),
+            values,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StageResult {
+    pub stage: &'static str,
+    pub passed: bool,
+    pub reasons: Vec<Reason>,
+    /// What the stage measured or derived, refused or not (sequence class, spacing, ...).
+    pub facts: serde_json::Value,
+}
+
+impl StageResult {
+    pub fn new(stage: &'static str) -> Self {
+        StageResult {
+            stage,
+            passed: true,
+            reasons: Vec::new(),
+            facts: json!({}),
+        }
+    }
+
+    pub fn refuse(&mut self, r: Reason) {
+        self.passed = false;
+        self.reasons.push(r);
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Decision {
+    pub passed: bool,
+    pub stages: Vec<StageResult>,
+}
+
+impl Decision {
+    pub fn codes(&self) -> Vec<&'static str> {
+        self.stages
+            .iter()
+            .flat_map(|s| s.reasons.iter().map(|r| r.code))
+            .collect()
+    }
+}
+
+/// Runs the stages over a series' headers (instance order does not matter).
+pub fn evaluate(series: &[SliceHeader], cfg: &GateConfig) -> Decision {
+    let mut stages = Vec::new();
+    let Some(first) = series.first() else {
+        let mut r = StageResult::new("header");
+        r.refuse(Reason::new(
+            "empty_series",
+            "The series has no readable instance.",
+            json!({}),
+        ));
+        return Decision {
+            passed: false,
+            stages: vec![r],
+        };
+    };
+    let header = header::check(first, series, cfg);
+    let ok = header.passed;
+    stages.push(header);
+    if ok {
+        stages.push(geometry::check(series, cfg));
+    }
+    Decision {
+        passed: stages.iter().all(|s| s.passed),
+        stages,
+    }
+}
