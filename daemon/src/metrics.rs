@@ -77,6 +77,16 @@ const HELP: &[(&str, &str, &str)] = &[
         "Complete series reopened by late instances",
     ),
     (
+        "scanside_gate_passed_total",
+        "counter",
+        "Series that passed the gate",
+    ),
+    (
+        "scanside_gate_refusals_total",
+        "counter",
+        "Gate refusals, by code",
+    ),
+    (
         "scanside_disk_free_bytes",
         "gauge",
         "Free bytes on the data file system",
