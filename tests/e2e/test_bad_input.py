@@ -231,3 +231,20 @@ def test_idle_association_is_aborted_after_read_timeout(daemon_factory):
     pdu = c.read_pdu()  # blocks until the daemon gives up on us
     assert pdu is None or pdu[0] == 0x07
     assert 'reason="read_timeout"' in d.metrics()
+
+
+def test_bogus_element_length_is_refused_fast_and_small(daemon, one):
+    """A few KiB claiming a 1 GiB value: refused C000 with the element named, without
+    the parser allocating the claimed size (dicom-rs would: 1.2 GB for pydicom's
+    SC_rgb_jpeg.dcm before the pre-scan existed)."""
+    _, uid, data = one
+    # A private OB element after the pixel data, claiming 1 GiB with 64 bytes left.
+    evil = data + bytes.fromhex("e17f1010") + b"OB\0\0" + (0x40000000).to_bytes(4, "little") + b"x" * 64
+    c, rsp = raw_store(daemon, rawdicom.MR, uid, evil)
+    assert rawdicom.status_of(rsp) == 0xC000
+    assert b"(7FE1,1010) claims 1073741824" in rsp[0x0902], rsp[0x0902]
+    c.release()
+    with open(f"/proc/{daemon.proc.pid}/status") as f:
+        rss_kib = next(int(l.split()[1]) for l in f if l.startswith("VmHWM:"))
+    assert rss_kib < 200 * 1024, f"peak RSS {rss_kib} KiB: the claimed length was allocated"
+    assert_nothing_stored(daemon)
