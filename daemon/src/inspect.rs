@@ -37,3 +37,42 @@ pub fn inspect(path: &Path, decode: bool) -> Result<serde_json::Value> {
     }
     Ok(v)
 }
+
+/// `scanside gate`: the daemon's gate over files given by the operator (folders
+/// are read recursively). All files must belong to one series. No history.
+pub fn gate(
+    paths: &[std::path::PathBuf],
+    cfg: &crate::config::GateConfig,
+) -> Result<(serde_json::Value, bool)> {
+    let mut files = Vec::new();
+    let mut stack: Vec<std::path::PathBuf> = paths.to_vec();
+    while let Some(p) = stack.pop() {
+        if p.is_dir() {
+            for e in std::fs::read_dir(&p)? {
+                stack.push(e?.path());
+            }
+        } else {
+            files.push(p);
+        }
+    }
+    if files.is_empty() {
+        return Err(anyhow!("no files given"));
+    }
+    files.sort();
+    let series: std::collections::BTreeSet<String> = files
+        .iter()
+        .map(|f| crate::store::parse_header(f).map(|h| h.series_uid))
+        .collect::<Result<_>>()?;
+    if series.len() != 1 {
+        return Err(anyhow!(
+            "the files belong to {} series; give one series",
+            series.len()
+        ));
+    }
+    let t0 = std::time::Instant::now();
+    let (d, _) = crate::gate::run_series(&files, cfg, |_| Ok(None))?;
+    let mut v = serde_json::to_value(&d)?;
+    v["instances"] = json!(files.len());
+    v["elapsed_ms"] = json!(t0.elapsed().as_millis() as u64);
+    Ok((v, d.passed))
+}

@@ -15,6 +15,7 @@ pub mod scp;
 pub mod series;
 pub mod store;
 pub mod sys;
+pub mod volume;
 
 use std::sync::Arc;
 use std::time::Duration;

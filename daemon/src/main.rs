@@ -30,6 +30,12 @@ enum Command {
     ConfigSchema,
     /// Print the embedded default configuration.
     DefaultConfig,
+    /// Run the series gate over the DICOM files of one series (a folder or files).
+    Gate {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        paths: Vec<PathBuf>,
+    },
     /// Read a DICOM file as the daemon does; with --decode also decode its pixel data.
     Inspect {
         file: PathBuf,
@@ -88,6 +94,29 @@ fn main() -> ExitCode {
         Command::DefaultConfig => {
             print!("{}", scanside::config::EMBEDDED_DEFAULT);
             ExitCode::SUCCESS
+        }
+        Command::Gate { config, paths } => {
+            let cfg = match config.map(|p| Config::load(&p)).transpose() {
+                Ok(c) => c.unwrap_or_else(Config::embedded_default),
+                Err(e) => {
+                    eprint!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match scanside::inspect::gate(&paths, &cfg.gate) {
+                Ok((v, passed)) => {
+                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                    if passed {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    }
+                }
+                Err(e) => {
+                    eprintln!("scanside gate: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
         }
         Command::Inspect { file, decode } => match scanside::inspect::inspect(&file, decode) {
             Ok(v) => {

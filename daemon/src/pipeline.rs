@@ -5,7 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::gate::{self, SliceHeader};
+use crate::gate;
+use crate::gate::quality::ScannerHistory;
 use crate::store::{JobRecord, JobState};
 use crate::App;
 
@@ -47,11 +48,23 @@ pub fn step(app: &App) -> usize {
 
 fn gate_job(app: &App, job: &JobRecord) -> anyhow::Result<()> {
     let instances = app.store.instances_of_series(&job.series_instance_uid)?;
-    let mut headers = Vec::with_capacity(instances.len());
-    for i in &instances {
-        headers.push(SliceHeader::read(&app.store.root().join(&i.path))?);
+    let paths: Vec<_> = instances
+        .iter()
+        .map(|i| app.store.root().join(&i.path))
+        .collect();
+    let mut key = None;
+    let (decision, metrics) = gate::run_series(&paths, &app.config.gate, |h| {
+        let k = gate::scanner_key(h);
+        let history = app.store.scanner_history(&k)?;
+        key = Some((k, history.clone()));
+        Ok(history)
+    })?;
+    // Only accepted series teach the scanner's history what normal looks like.
+    if let (true, Some(m), Some((k, h))) = (decision.passed, metrics, key) {
+        let mut h: ScannerHistory = h.unwrap_or_default();
+        h.add(&m);
+        app.store.put_scanner_history(&k, &h)?;
     }
-    let decision = gate::evaluate(&headers, &app.config.gate);
     let codes = decision.codes();
     let note = if decision.passed {
         "gate passed".to_string()

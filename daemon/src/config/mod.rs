@@ -119,6 +119,24 @@ pub struct GateConfig {
     /// Spacing tolerance: max(this, fraction x median step), mm (G3).
     pub spacing_tolerance_mm: f64,
     pub spacing_tolerance_fraction: f64,
+    /// Image quality (MRIQC-style, see gate/quality.rs): SNR (Dietrich) floor.
+    pub min_snr: f64,
+    /// Tissue contrast-to-noise floor.
+    pub min_cnr: f64,
+    /// Coefficient of joint variation ceiling.
+    pub max_cjv: f64,
+    /// Entropy focus criterion ceiling (ghosting, blur).
+    pub max_efc: f64,
+    /// Foreground-to-background energy ratio floor.
+    pub min_fber: f64,
+    /// Largest share of voxels exactly zero (skull-stripped / zero-filled input).
+    pub max_zero_fraction: f64,
+    /// Least in-plane extent of the head-shaped foreground, mm.
+    pub min_head_extent_mm: f64,
+    /// Series a scanner must have sent before its history judges outliers.
+    pub scanner_min_history: u64,
+    /// Standard deviations from the scanner's history that make a metric an outlier.
+    pub scanner_outlier_z: f64,
 }
 
 impl Default for GateConfig {
@@ -135,6 +153,15 @@ impl Default for GateConfig {
             max_slice_gap_mm: 0.1,
             spacing_tolerance_mm: 0.2,
             spacing_tolerance_fraction: 0.05,
+            min_snr: 8.0,
+            min_cnr: 1.0,
+            max_cjv: 1.5,
+            max_efc: 0.9,
+            min_fber: 20.0,
+            max_zero_fraction: 0.3,
+            min_head_extent_mm: 100.0,
+            scanner_min_history: 10,
+            scanner_outlier_z: 3.0,
         }
     }
 }

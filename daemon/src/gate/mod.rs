@@ -3,11 +3,13 @@
 //! values that decided).
 //!
 //! Stages run in order and stop at the first that refuses: `header` (what the
-//! series is), `geometry` (whether it forms a usable volume). The image-quality
-//! stage (SNR, CNR/CJV, EFC, FBER, head-shaped foreground) is not built yet.
+//! series is), `geometry` (whether it forms a usable volume), `quality` (whether
+//! the decoded volume is a head of usable quality). Header and geometry need only
+//! the headers; quality needs the volume, which the caller loads in between.
 
 pub mod geometry;
 pub mod header;
+pub mod quality;
 pub mod slice;
 
 use serde::Serialize;
@@ -73,7 +75,20 @@ impl Decision {
     }
 }
 
-/// Runs the stages over a series' headers (instance order does not matter).
+/// Runs the quality stage on the volume of a series that passed the first two.
+pub fn evaluate_quality(
+    d: &mut Decision,
+    v: &crate::volume::Volume,
+    cfg: &GateConfig,
+    history: Option<&quality::ScannerHistory>,
+) -> quality::Metrics {
+    let (stage, metrics) = quality::check(v, cfg, history);
+    d.passed &= stage.passed;
+    d.stages.push(stage);
+    metrics
+}
+
+/// Runs the header stages over a series' headers (instance order does not matter).
 pub fn evaluate(series: &[SliceHeader], cfg: &GateConfig) -> Decision {
     let mut stages = Vec::new();
     let Some(first) = series.first() else {
@@ -98,4 +113,32 @@ pub fn evaluate(series: &[SliceHeader], cfg: &GateConfig) -> Decision {
         passed: stages.iter().all(|s| s.passed),
         stages,
     }
+}
+
+/// The whole gate over one series' files: headers, then (when they pass) the
+/// decoded volume. `history` gives the scanner's running statistics for the first
+/// header. Returns the decision, and the quality metrics when that stage ran.
+pub fn run_series(
+    files: &[std::path::PathBuf],
+    cfg: &GateConfig,
+    history: impl FnOnce(&SliceHeader) -> anyhow::Result<Option<quality::ScannerHistory>>,
+) -> anyhow::Result<(Decision, Option<quality::Metrics>)> {
+    let headers = files
+        .iter()
+        .map(|p| SliceHeader::read(p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut decision = evaluate(&headers, cfg);
+    if !decision.passed {
+        return Ok((decision, None));
+    }
+    let refs: Vec<&std::path::Path> = files.iter().map(|p| p.as_path()).collect();
+    let volume = crate::volume::load(&refs, &headers)?;
+    let h = history(&headers[0])?;
+    let m = evaluate_quality(&mut decision, &volume, cfg, h.as_ref());
+    Ok((decision, Some(m)))
+}
+
+/// The key of a scanner's history: hashed, so no station name sits in the index.
+pub fn scanner_key(h: &SliceHeader) -> String {
+    crate::store::hash_ref(&format!("{}|{}|{}", h.manufacturer, h.model, h.station))
 }

@@ -42,6 +42,7 @@ pub struct Store {
     instances: sled::Tree,
     series: sled::Tree,
     jobs: sled::Tree,
+    scanners: sled::Tree,
 }
 
 /// What opening the store found and did, for the log and the status API.
@@ -94,6 +95,7 @@ impl Store {
             instances: db.open_tree("instances")?,
             series: db.open_tree("series")?,
             jobs: db.open_tree("jobs")?,
+            scanners: db.open_tree("scanners")?,
             db_file: Mutex::new((db_file, 0)),
             write_gen: AtomicU64::new(0),
             db,
@@ -334,6 +336,17 @@ impl Store {
         let changed = res.map_err(txn_error)?;
         self.sync()?;
         Ok(changed)
+    }
+
+    /// A scanner's running image-quality statistics (opaque JSON to the store).
+    pub fn scanner_history<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        get_json(&self.scanners, key)
+    }
+
+    pub fn put_scanner_history<T: serde::Serialize>(&self, key: &str, v: &T) -> Result<()> {
+        self.scanners
+            .insert(key.as_bytes(), serde_json::to_vec(v)?)?;
+        self.sync()
     }
 
     pub fn job(&self, id: &str) -> Result<Option<JobRecord>> {
