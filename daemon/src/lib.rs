@@ -11,6 +11,7 @@ pub mod http;
 pub mod inspect;
 pub mod metrics;
 pub mod pipeline;
+pub mod results;
 pub mod scp;
 pub mod series;
 pub mod store;

@@ -87,6 +87,11 @@ const HELP: &[(&str, &str, &str)] = &[
         "Gate refusals, by code",
     ),
     (
+        "scanside_notices_written_total",
+        "counter",
+        "Not-processed notices (Basic Text SR) written",
+    ),
+    (
         "scanside_disk_free_bytes",
         "gauge",
         "Free bytes on the data file system",

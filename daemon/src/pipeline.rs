@@ -71,12 +71,21 @@ fn gate_job(app: &App, job: &JobRecord) -> anyhow::Result<()> {
     } else {
         format!("refused: {}", codes.join(", "))
     };
+    // A refused source series gets its notice before the job records the refusal,
+    // so a crash in between repeats the step and rewrites the same object.
+    let returned = decision.codes().contains(&"returned_result");
+    let notice = if decision.passed || returned {
+        None
+    } else {
+        Some(write_notice(app, job, &instances, &paths, &decision)?)
+    };
     let changed = app.store.record_gate(
         &job.id,
         instances.len() as u64,
         serde_json::to_value(&decision)?,
         decision.passed,
         note,
+        notice,
     )?;
     if !changed {
         return Ok(());
@@ -92,4 +101,66 @@ fn gate_job(app: &App, job: &JobRecord) -> anyhow::Result<()> {
         tracing::warn!(job = %job.id, codes = ?codes, "series refused by the gate");
     }
     Ok(())
+}
+
+fn write_notice(
+    app: &App,
+    job: &JobRecord,
+    instances: &[crate::store::StoredInstance],
+    paths: &[std::path::PathBuf],
+    decision: &gate::Decision,
+) -> anyhow::Result<String> {
+    use crate::results::notice;
+    let source = dicom_object::OpenFileOptions::new()
+        .read_until(dicom_dictionary_std::tags::PIXEL_DATA)
+        .open_file(&paths[0])
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let refused = notice::RefusedSeries {
+        source: &source,
+        series_uid: &job.series_instance_uid,
+        series_description: &instances[0].series_description,
+        instances: instances
+            .iter()
+            .map(|i| (i.sop_class_uid.clone(), i.sop_instance_uid.clone()))
+            .collect(),
+        job_id: &job.id,
+    };
+    let now = crate::sys::utc_now_dicom();
+    let obj = notice::build(&refused, decision, (&now.0, &now.1))?;
+    let sop = obj
+        .meta()
+        .media_storage_sop_instance_uid()
+        .trim_end_matches('\0')
+        .to_string();
+    let tmp = app.store.tmp_dir().join(format!("notice-{}.part", job.id));
+    obj.write_to_file(&tmp)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    let study = source
+        .element(dicom_dictionary_std::tags::STUDY_INSTANCE_UID)
+        .ok()
+        .and_then(|e| e.to_str().ok())
+        .map(|s| s.trim_end_matches('\0').to_string())
+        .unwrap_or_default();
+    let series = obj
+        .element(dicom_dictionary_std::tags::SERIES_INSTANCE_UID)
+        .ok()
+        .and_then(|e| e.to_str().ok())
+        .map(|s| s.to_string())
+        .unwrap_or_default();
+    app.store.commit_result(
+        &tmp,
+        &crate::store::ResultRecord {
+            sop_instance_uid: sop.clone(),
+            sop_class_uid: notice::BASIC_TEXT_SR.into(),
+            study_uid: study,
+            series_uid: series,
+            job_id: job.id.clone(),
+            kind: "not_processed_notice".into(),
+            path: String::new(),
+            created_at_ms: crate::store::now_ms(),
+        },
+    )?;
+    app.metrics.inc("scanside_notices_written_total", "");
+    Ok(sop)
 }

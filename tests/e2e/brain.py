@@ -163,6 +163,7 @@ def write_series(out_dir, contrast="t1", orientation="axial", seed=0, slice_thic
         ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = patient_name, patient_id, "19650412", "O"
         ds.StudyDate, ds.StudyTime, ds.SeriesDate = "20261201", "101500", "20261201"
         ds.StudyDescription = "MRI BRAIN W/WO CONTRAST"
+        ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "4711", "ACC4711", ""
         ds.SeriesDescription = "3-plane localizer" if localizer else desc
         ds.ProtocolName = ds.SeriesDescription
         ds.BodyPartExamined = "HEAD"

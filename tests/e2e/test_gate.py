@@ -54,6 +54,7 @@ def test_synthetic_brain_passes(daemon, tmp_path, contrast, orientation):
     q = facts(job, "quality")
     assert q["snr"] > 8 and q["fber"] > 20 and q["zero_fraction"] < 0.01
     assert "scanside_gate_passed_total 1" in daemon.metrics()
+    assert job["notice_sop_instance_uid"] is None, "an accepted series gets no notice"
 
 
 DEGRADED = {
@@ -80,6 +81,33 @@ def test_degraded_series_refused_with_its_code(daemon, tmp_path, case):
     assert reason["message"] and isinstance(reason["values"], dict)
     assert f'scanside_gate_refusals_total{{code="{code}"}} 1' in daemon.metrics()
     assert any(h["state"] == "rejected" and code in h["note"] for h in job["history"])
+    check_notice(daemon, job, paths[0], reason["message"])
+
+
+def check_notice(daemon, job, source_path, message):
+    """The refusal's Basic Text SR: valid for dciodvfy, in the source's study, and
+    saying the reason in plain words (read back with pydicom and highdicom)."""
+    import highdicom
+    import pydicom
+    assert job["notice"]["kind"] == "not_processed_notice"
+    path = os.path.join(daemon.data_dir, job["notice"]["path"])
+    r = run(["dciodvfy", path])
+    # Only dciodvfy's DICOMDIR hints may remain (they concern the source's own
+    # empty Type 2 attributes, which the notice copies as they are).
+    out = "\n".join(l for l in (r.stdout + r.stderr).splitlines() if "needed to build DICOMDIR" not in l)
+    assert "BasicTextSR" in out and "Error" not in out and "Warning" not in out, out
+    sr, src = pydicom.dcmread(path), pydicom.dcmread(source_path, stop_before_pixels=True)
+    assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.11"
+    assert sr.SOPInstanceUID == job["notice_sop_instance_uid"]
+    assert sr.StudyInstanceUID == src.StudyInstanceUID and sr.PatientID == src.PatientID
+    assert sr.SeriesInstanceUID != src.SeriesInstanceUID
+    assert (sr.CompletionFlag, sr.VerificationFlag) == ("COMPLETE", "UNVERIFIED")
+    items = highdicom.sr.ContentSequence.from_sequence(sr.ContentSequence)
+    texts = [i.TextValue for i in items]
+    assert any(message in t for t in texts), texts
+    assert "not processed" in texts[0]
+    refs = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+    assert refs.SeriesInstanceUID == src.SeriesInstanceUID
 
 
 def test_phantom_headers_pass_the_header_stages(daemon, tmp_path):

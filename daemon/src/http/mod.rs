@@ -107,6 +107,10 @@ fn route_blocking(app: &App, path: &str) -> Response<Body> {
                     let mut v = serde_json::to_value(&job).unwrap_or_default();
                     v["series"] = serde_json::to_value(series).unwrap_or_default();
                     v["stage_timings_ms"] = stage_timings(&job);
+                    if let Some(uid) = &job.notice_sop_instance_uid {
+                        v["notice"] = serde_json::to_value(app.store.result(uid).ok().flatten())
+                            .unwrap_or_default();
+                    }
                     json_response(StatusCode::OK, v)
                 }
                 Ok(None) => error(StatusCode::NOT_FOUND, &format!("no job with id {id}")),

@@ -8,7 +8,8 @@ mod files;
 mod records;
 
 pub use files::{hash_ref, parse_header, valid_uid, write_part10_header, InstanceHeader};
-pub use records::{JobRecord, JobState, SeriesRecord, SeriesState, StoredInstance};
+pub use files::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
+pub use records::{JobRecord, JobState, ResultRecord, SeriesRecord, SeriesState, StoredInstance};
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -43,6 +44,7 @@ pub struct Store {
     series: sled::Tree,
     jobs: sled::Tree,
     scanners: sled::Tree,
+    results: sled::Tree,
 }
 
 /// What opening the store found and did, for the log and the status API.
@@ -69,6 +71,7 @@ impl Store {
         fs::create_dir_all(root.join("spool"))
             .with_context(|| format!("cannot create {}", root.join("spool").display()))?;
         fs::create_dir_all(root.join("tmp"))?;
+        fs::create_dir_all(root.join("results"))?;
         let mut report = OpenReport::default();
         report.tmp_files_removed = clear_dir(&root.join("tmp"))?;
 
@@ -96,6 +99,7 @@ impl Store {
             series: db.open_tree("series")?,
             jobs: db.open_tree("jobs")?,
             scanners: db.open_tree("scanners")?,
+            results: db.open_tree("results")?,
             db_file: Mutex::new((db_file, 0)),
             write_gen: AtomicU64::new(0),
             db,
@@ -308,6 +312,7 @@ impl Store {
         decision: serde_json::Value,
         passed: bool,
         note: String,
+        notice: Option<String>,
     ) -> Result<bool> {
         let now = now_ms();
         let res: Result<bool, TransactionError<anyhow::Error>> = self.jobs.transaction(|jobs| {
@@ -325,6 +330,7 @@ impl Store {
                 JobState::Rejected
             };
             j.gate = Some(decision.clone());
+            j.notice_sop_instance_uid = notice.clone();
             j.history.push(records::StateChange {
                 state: j.state,
                 at_ms: now,
@@ -336,6 +342,38 @@ impl Store {
         let changed = res.map_err(txn_error)?;
         self.sync()?;
         Ok(changed)
+    }
+
+    /// Moves a produced object (fsynced tmp file) into results/<study>/<series>/ and
+    /// indexes it; the same SOP Instance UID again replaces the file (a repeated
+    /// step produces the same object). Returns the path relative to the data dir.
+    pub fn commit_result(&self, tmp: &Path, rec: &ResultRecord) -> Result<String> {
+        for uid in [&rec.study_uid, &rec.series_uid, &rec.sop_instance_uid] {
+            if !valid_uid(uid) {
+                return Err(anyhow!("invalid UID {uid:?}"));
+            }
+        }
+        let results = self.root.join("results");
+        let dir = results.join(&rec.study_uid).join(&rec.series_uid);
+        create_dir_durable(&dir, &results)?;
+        let dest = dir.join(format!("{}.dcm", rec.sop_instance_uid));
+        fs::rename(tmp, &dest)?;
+        fsync_dir(&dir)?;
+        let rel = dest
+            .strip_prefix(&self.root)
+            .expect("under root")
+            .to_string_lossy()
+            .into_owned();
+        let mut rec = rec.clone();
+        rec.path = rel.clone();
+        self.results
+            .insert(rec.sop_instance_uid.as_bytes(), serde_json::to_vec(&rec)?)?;
+        self.sync()?;
+        Ok(rel)
+    }
+
+    pub fn result(&self, sop_instance_uid: &str) -> Result<Option<ResultRecord>> {
+        get_json(&self.results, sop_instance_uid)
     }
 
     /// A scanner's running image-quality statistics (opaque JSON to the store).

@@ -158,6 +158,23 @@ pub struct JobRecord {
     /// The gate's decision (stages, codes, values), once gated or rejected.
     #[serde(default)]
     pub gate: Option<serde_json::Value>,
+    /// The "not processed" notice written for a refused series.
+    #[serde(default)]
+    pub notice_sop_instance_uid: Option<String>,
+}
+
+/// An object the box produced (notice, and later SEG, SR, trend picture).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ResultRecord {
+    pub sop_instance_uid: String,
+    pub sop_class_uid: String,
+    pub study_uid: String,
+    pub series_uid: String,
+    pub job_id: String,
+    /// not_processed_notice | ...
+    pub kind: String,
+    pub path: String,
+    pub created_at_ms: u64,
 }
 
 impl JobRecord {
@@ -191,6 +208,7 @@ impl JobRecord {
                 },
             ],
             gate: None,
+            notice_sop_instance_uid: None,
         }
     }
 
@@ -199,6 +217,7 @@ impl JobRecord {
     pub fn series_completed_again(&mut self, s: &SeriesRecord, now: u64) {
         self.state = JobState::Complete;
         self.gate = None;
+        self.notice_sop_instance_uid = None;
         self.instance_count = s.instance_count;
         self.completion_reason = s.completion_reason.clone().unwrap_or_default();
         self.reopened = s.reopened;

@@ -64,3 +64,24 @@ pub async fn watchdog(app: Arc<crate::App>) {
         }
     }
 }
+
+/// The current UTC date and time as DICOM DA and TM strings.
+pub fn utc_now_dicom() -> (String, String) {
+    let secs = now_ms() / 1000;
+    let days = (secs / 86400) as i64;
+    let t = secs % 86400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (
+        format!("{y:04}{m:02}{d:02}"),
+        format!("{:02}{:02}{:02}", t / 3600, (t / 60) % 60, t % 60),
+    )
+}
