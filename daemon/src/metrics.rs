@@ -92,6 +92,11 @@ const HELP: &[(&str, &str, &str)] = &[
         "Not-processed notices (Basic Text SR) written",
     ),
     (
+        "scanside_jobs_failed_total",
+        "counter",
+        "Jobs failed by an internal error, by stage",
+    ),
+    (
         "scanside_disk_free_bytes",
         "gauge",
         "Free bytes on the data file system",

@@ -37,10 +37,22 @@ pub fn step(app: &App) -> usize {
     jobs.sort_by_key(|j| j.created_at_ms);
     let mut n = 0;
     for job in jobs {
-        if let Err(e) = gate_job(app, &job) {
-            tracing::error!(job = %job.id, error = %e, "gate failed; will retry");
-        } else {
-            n += 1;
+        // A panic or an error in one job fails that job, visibly, and the others go on.
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| gate_job(app, &job)));
+        let failure = match outcome {
+            Ok(Ok(())) => {
+                n += 1;
+                continue;
+            }
+            Ok(Err(e)) => format!("gate could not run: {e:#}"),
+            Err(_) => "gate stopped on an internal error (panic); see the log".to_string(),
+        };
+        tracing::error!(job = %job.id, reason = %failure, "job failed");
+        app.metrics
+            .inc("scanside_jobs_failed_total", "stage=\"gate\"");
+        if let Err(e) = app.store.record_failure(&job.id, &failure) {
+            tracing::error!(job = %job.id, error = %e, "cannot record the failure");
         }
     }
     n

@@ -32,7 +32,7 @@ class Daemon:
         self.settings = dict(
             max_associations=8, read_timeout_s=30, max_pdu_length=65536,
             min_free_bytes=1 << 20, idle_timeout_s=60, release_quiet_s=1,
-            peers=[("*", "127.0.0.1")],
+            peers=[("*", "127.0.0.1")], gate={},
         )
         self.settings.update(overrides)
         self.proc = None
@@ -41,6 +41,7 @@ class Daemon:
 
     def write_config(self):
         s = self.settings
+        gate = "".join(f"{k} = {v}\n" for k, v in s["gate"].items())
         peers = "".join(
             f'[[dicom.allowed_peers]]\nae_title = "{ae}"\naddress = "{addr}"\n' for ae, addr in s["peers"])
         with open(self.config_path, "w") as f:
@@ -62,6 +63,9 @@ release_quiet_s = {s['release_quiet_s']}
 
 [http]
 listen = "127.0.0.1:{self.http_port}"
+
+[gate]
+{gate}
 """)
 
     def start(self, env=None, wait=True, watchdog_pid=False):

@@ -13,15 +13,18 @@ N, SIZE = 104, 192  # phantom series (synth.py): 104 mm coverage, 192 mm field o
 
 
 def send_and_decide(daemon, paths, timeout=30):
+    """Sends a series with storescu and returns its job once the gate decided."""
+    import pydicom
+    series = pydicom.dcmread(paths[0], stop_before_pixels=True).SeriesInstanceUID
     r = run(["storescu", "-aec", "SCANSIDE", "127.0.0.1", str(daemon.port)] + paths)
     assert r.returncode == 0, r.stdout + r.stderr
     deadline = time.time() + timeout
     while time.time() < deadline:
         for j in daemon.jobs():
-            if j["state"] in ("gated", "rejected"):
+            if j["series_instance_uid"] == series and j["state"] in ("gated", "rejected"):
                 return daemon.get_json(f"/api/v1/jobs/{j['id']}")[1]
         time.sleep(0.1)
-    raise AssertionError(f"no gate decision: {daemon.jobs()}")
+    raise AssertionError(f"no gate decision for {series}: {daemon.jobs()}")
 
 
 def codes(job):
@@ -32,14 +35,8 @@ def facts(job, stage):
     return next(s["facts"] for s in job["gate"]["stages"] if s["stage"] == stage)
 
 
-GOOD = {  # contrast, orientation -> expected sequence class
-    ("t1", "axial"): "t1",
-    ("t1", "sagittal"): "t1",
-    ("t1", "coronal"): "t1",
-    ("t1c", "axial"): "t1_post",
-    ("t2", "axial"): "t2",
-    ("flair", "coronal"): "flair",
-}
+SEQUENCE_CLASS = {"t1": "t1", "t1c": "t1_post", "t2": "t2", "flair": "flair"}
+GOOD = {(c, o): SEQUENCE_CLASS[c] for c in SEQUENCE_CLASS for o in ("axial", "sagittal", "coronal")}
 
 
 @pytest.mark.parametrize("contrast,orientation", sorted(GOOD))
@@ -138,3 +135,35 @@ def test_decision_survives_restart_and_reopen_regates(daemon_factory, tmp_path):
             break
         time.sleep(0.1)
     assert j["state"] == "gated" and j["reopened"] == 1 and j["instance_count"] == len(paths) + 1
+
+
+def test_enhanced_mr_geometry_from_functional_groups(daemon, tmp_path):
+    """nibabel's Philips MPRAGE: 176 frames with full per-frame functional groups and
+    all-zero pixels. Header and geometry pass (from the functional groups); the
+    quality stage refuses the empty image."""
+    import gzip
+    import shutil
+    import nibabel
+    src = os.path.join(os.path.dirname(nibabel.__file__), "nicom", "tests", "data", "philips_mprage.dcm.gz")
+    dst = str(tmp_path / "mprage.dcm")
+    with gzip.open(src) as f, open(dst, "wb") as g:
+        shutil.copyfileobj(f, g)
+    job = send_and_decide(daemon, [dst])
+    assert job["completion_reason"] == "expected_count"  # one multi-frame instance
+    stages = {s["stage"]: s for s in job["gate"]["stages"]}
+    assert stages["header"]["passed"] and stages["geometry"]["passed"]
+    assert stages["geometry"]["facts"]["slices"] == 176
+    assert codes(job) == ["skull_stripped_or_zero_filled"]
+
+
+def test_scanner_history_flags_an_outlier(daemon_factory, tmp_path):
+    d = daemon_factory(gate={"scanner_min_history": 3}).start()
+    for seed in range(3):
+        job = send_and_decide(d, brain.write_series(str(tmp_path / f"s{seed}"), "t1", seed=seed))
+        assert job["state"] == "gated" and facts(job, "quality")["warnings"] == []
+    # Same scanner, noisier but still acceptable: passes, and is flagged against history.
+    job = send_and_decide(d, brain.write_series(str(tmp_path / "noisy"), "t1", seed=0, noise=0.06))
+    assert job["state"] == "gated"
+    warnings = facts(job, "quality")["warnings"]
+    assert any(w["code"] == "scanner_outlier" and w["metric"] == "snr" for w in warnings), warnings
+    assert warnings[0]["series_seen"] == 3

@@ -183,6 +183,9 @@ fn largest_component(v: &Volume, mask: &[bool]) -> (Vec<bool>, usize, [[usize; 2
 
 /// 1-D k-means with three classes; returns (mean, std, count) per class.
 fn three_classes(v: &[f32]) -> [(f64, f64, usize); 3] {
+    if v.is_empty() {
+        return [(0.0, 0.0, 0); 3];
+    }
     let mut s: Vec<f32> = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
     let q = |p: f64| s[((s.len() - 1) as f64 * p) as usize] as f64;
@@ -499,6 +502,15 @@ mod tests {
         let (r, _) = check(&phantom(400.0, false), &cfg, Some(&h));
         let w = r.facts["warnings"].as_array().unwrap();
         assert!(w.iter().any(|w| w["metric"] == "snr"), "{w:?}");
+    }
+
+    #[test]
+    fn all_zero_volume_is_refused_not_a_panic() {
+        let mut v = phantom(0.0, true);
+        v.data.iter_mut().for_each(|x| *x = 0.0);
+        let (r, m) = check(&v, &GateConfig::default(), None);
+        assert_eq!(m.zero_fraction, 1.0);
+        assert_eq!(r.reasons[0].code, "skull_stripped_or_zero_filled");
     }
 
     #[test]

@@ -387,6 +387,22 @@ impl Store {
         self.sync()
     }
 
+    /// Marks a job `failed` with the reason (an internal error, never silent).
+    pub fn record_failure(&self, id: &str, reason: &str) -> Result<()> {
+        let now = now_ms();
+        self.jobs.fetch_and_update(id.as_bytes(), |old| {
+            let mut j: JobRecord = serde_json::from_slice(old?).ok()?;
+            j.state = JobState::Failed;
+            j.history.push(records::StateChange {
+                state: JobState::Failed,
+                at_ms: now,
+                note: Some(reason.to_string()),
+            });
+            serde_json::to_vec(&j).ok()
+        })?;
+        self.sync()
+    }
+
     pub fn job(&self, id: &str) -> Result<Option<JobRecord>> {
         get_json(&self.jobs, id)
     }
