@@ -120,7 +120,7 @@ def slices(vol, affine, orientation):
 
 def write_series(out_dir, contrast="t1", orientation="axial", seed=0, slice_thickness=None,
                  noise=0.02, crop_slices=None, drop_slice=None, flip_one=False, localizer=False,
-                 skull_strip=False, pixel_spacing=1.0, field_strength=3.0,
+                 skull_strip=False, pixel_spacing=1.0, field_strength=3.0, matrix=None,
                  study_uid=None, patient_id="SYNBRAIN1", patient_name="Synthetic^Brain"):
     """Writes one DICOM MR series; returns the file paths in slice order."""
     vol, labels, affine = synth_volume(contrast, seed=seed, noise=noise)
@@ -142,6 +142,17 @@ def write_series(out_dir, contrast="t1", orientation="axial", seed=0, slice_thic
     if crop_slices:
         mid, half = stack.shape[0] // 2, crop_slices // 2
         stack, ipp = stack[mid - half: mid - half + crop_slices], ipp[mid - half: mid - half + crop_slices]
+    if matrix:  # pad (or crop) in-plane to rows x cols, padding with background noise
+        rows, cols = matrix
+        rng = np.random.default_rng(seed + 1)
+        bg = stack[:, :8, :8]
+        out = rng.choice(bg.ravel(), size=(stack.shape[0], rows, cols)).astype(np.float32)
+        r0, c0 = max((rows - stack.shape[1]) // 2, 0), max((cols - stack.shape[2]) // 2, 0)
+        h, w = min(rows, stack.shape[1]), min(cols, stack.shape[2])
+        out[:, r0:r0 + h, c0:c0 + w] = stack[:, :h, :w]
+        shift = np.array(iop[:3]) * c0 + np.array(iop[3:]) * r0
+        ipp = [list(np.array(p) - shift * pixel_spacing) for p in ipp]
+        stack = out
     scale = 3000.0 / max(float(np.percentile(stack, 99.9)), 1e-6)
     pixels = np.clip(stack * scale, 0, 4095).astype(np.uint16)
     os.makedirs(out_dir, exist_ok=True)
