@@ -100,6 +100,16 @@ pub struct HttpConfig {
 pub struct GateConfig {
     /// Magnetic field strength floor, tesla (H7).
     pub min_field_strength_t: f64,
+    /// Regex over Series Description + Protocol Name naming a localizer (H4).
+    pub localizer_pattern: String,
+    /// Regex over study/series/protocol/procedure descriptions that votes for the head (H5).
+    pub head_pattern: String,
+    /// Regex naming another body region; refuses when nothing votes for the head (H5).
+    pub other_region_pattern: String,
+    /// Regex over descriptions and sequence name for unsupported sequences (H6).
+    pub other_sequence_pattern: String,
+    /// Regex over descriptions that marks a T1 as post-contrast (H6).
+    pub contrast_pattern: String,
     /// Fewest slices that make a brain volume (G6).
     pub min_slices: usize,
     /// Least coverage along the slice normal, mm (G6).
@@ -143,6 +153,11 @@ impl Default for GateConfig {
     fn default() -> Self {
         GateConfig {
             min_field_strength_t: 1.0,
+            localizer_pattern: r"(?i)locali[sz]er|scout|survey|pilot|3[- ]?plane|tri[- ]?plane|aahead_scout|calibration|asset cal|sense ref|field ?map|b1map|shim".into(),
+            head_pattern: r"(?i)brain|head|neuro|cran|glio|tumou?r|gbm|\bmets?\b|skull|intracran|cerebr|pituit|sella|orbit|\biac\b".into(),
+            other_region_pattern: r"(?i)\b(chest|thorax|abdomen|abdominal|abd|pelvis|pelvic|spine|lumbar|thoracic|cervical spine|knee|shoulder|breast|prostate|liver|hip|ankle|wrist|elbow|cardiac|heart)\b".into(),
+            other_sequence_pattern: r"(?i)\btof\b|angio|\bmra\b|\bswi\b|dwi|diff|\badc\b|perf|bold|\bdti\b|t2\*|gre[ _-]?t2|hemo".into(),
+            contrast_pattern: r"(?i)post|\+c|\bgd\b|gad|contrast|\bce\b|t1c|mprage.*(post|gd)".into(),
             min_slices: 20,
             min_coverage_mm: 100.0,
             min_inplane_fov_mm: 180.0,
@@ -365,6 +380,17 @@ impl Config {
                 err(key, format!("must be a number > 0, not {v}"));
             }
         }
+        for (key, pattern) in [
+            ("gate.localizer_pattern", &g.localizer_pattern),
+            ("gate.head_pattern", &g.head_pattern),
+            ("gate.other_region_pattern", &g.other_region_pattern),
+            ("gate.other_sequence_pattern", &g.other_sequence_pattern),
+            ("gate.contrast_pattern", &g.contrast_pattern),
+        ] {
+            if let Err(e) = regex::Regex::new(pattern) {
+                err(key, format!("not a valid regular expression: {e}"));
+            }
+        }
         if g.min_slices < 2 {
             err("gate.min_slices", "must be at least 2".into());
         }
@@ -479,6 +505,22 @@ mod tests {
                 "http.listen"
             ]
         );
+    }
+
+    #[test]
+    fn gate_patterns_match_the_code_defaults_and_bad_ones_name_their_key() {
+        let c = Config::parse(EMBEDDED_DEFAULT, "x").unwrap();
+        let d = GateConfig::default();
+        assert_eq!(c.gate.localizer_pattern, d.localizer_pattern);
+        assert_eq!(c.gate.head_pattern, d.head_pattern);
+        assert_eq!(c.gate.other_region_pattern, d.other_region_pattern);
+        assert_eq!(c.gate.other_sequence_pattern, d.other_sequence_pattern);
+        assert_eq!(c.gate.contrast_pattern, d.contrast_pattern);
+        let text =
+            EMBEDDED_DEFAULT.replace("localizer_pattern = '(?i)", "localizer_pattern = '(?i)(");
+        let e = Config::parse(&text, "x").unwrap_err();
+        assert_eq!(e.errors[0].key, "gate.localizer_pattern");
+        assert!(e.errors[0].message.contains("regular expression"));
     }
 
     #[test]

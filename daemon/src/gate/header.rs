@@ -38,27 +38,32 @@ const BAD_IMAGE_TYPES: &[&str] = &[
 ];
 const PHASE_LIKE: &[&str] = &["P", "PHASE", "R", "I", "REAL", "IMAGINARY"];
 
-static LOCALIZER: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)locali[sz]er|scout|survey|pilot|3[- ]?plane|tri[- ]?plane|aahead_scout|calibration|asset cal|sense ref|field ?map|b1map|shim")
-        .expect("valid")
-});
-static HEAD_WORDS: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)brain|head|neuro|cran|glio|tumou?r|gbm|\bmets?\b|skull|intracran|cerebr|pituit|sella|orbit|\biac\b")
-        .expect("valid")
-});
+/// Coil names that vote for the head (not configurable: vendor coil names).
 static HEAD_COIL: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"(?i)head|hea|\bhn|neuro|20ch|32ch|64ch").expect("valid"));
-static OTHER_REGION_WORDS: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)\b(chest|thorax|abdomen|abdominal|abd|pelvis|pelvic|spine|lumbar|thoracic|cervical spine|knee|shoulder|breast|prostate|liver|hip|ankle|wrist|elbow|cardiac|heart)\b")
-        .expect("valid")
-});
-static CONTRAST_WORDS: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)post|\+c|\bgd\b|gad|contrast|\bce\b|t1c|mprage.*(post|gd)").expect("valid")
-});
-static OTHER_SEQUENCE_WORDS: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)\btof\b|angio|\bmra\b|\bswi\b|dwi|diff|\badc\b|perf|bold|\bdti\b|t2\*|gre[ _-]?t2|hemo")
-        .expect("valid")
-});
+
+/// The configured patterns, compiled once per series (validated by check-config).
+struct Patterns {
+    localizer: Regex,
+    head: Regex,
+    other_region: Regex,
+    other_sequence: Regex,
+    contrast: Regex,
+}
+
+impl Patterns {
+    fn new(cfg: &GateConfig) -> Patterns {
+        let re = |p: &str| Regex::new(p).unwrap_or_else(|_| Regex::new("$^").expect("valid"));
+        Patterns {
+            localizer: re(&cfg.localizer_pattern),
+            head: re(&cfg.head_pattern),
+            other_region: re(&cfg.other_region_pattern),
+            other_sequence: re(&cfg.other_sequence_pattern),
+            contrast: re(&cfg.contrast_pattern),
+        }
+    }
+}
+
 const OTHER_BODY_PARTS: &[&str] = &[
     "CHEST",
     "ABDOMEN",
@@ -102,6 +107,7 @@ pub enum SequenceClass {
 
 pub fn check(first: &SliceHeader, all: &[SliceHeader], cfg: &GateConfig) -> StageResult {
     let mut r = StageResult::new("header");
+    let pat = Patterns::new(cfg);
     if RESULT_CLASSES.contains(&first.sop_class_uid.as_str()) {
         r.refuse(Reason::new(
             "returned_result",
@@ -177,7 +183,7 @@ pub fn check(first: &SliceHeader, all: &[SliceHeader], cfg: &GateConfig) -> Stag
     }
     // H4: localizer words in the series description or protocol.
     let desc = format!("{} {}", first.series_description, first.protocol_name);
-    if let Some(m) = LOCALIZER.find(&desc) {
+    if let Some(m) = pat.localizer.find(&desc) {
         r.refuse(Reason::new(
             "localizer_description",
             &format!("The series description names a localizer/calibration scan ({:?}).", m.as_str()),
@@ -192,7 +198,7 @@ pub fn check(first: &SliceHeader, all: &[SliceHeader], cfg: &GateConfig) -> Stag
         &first.requested_procedure_description,
     ];
     let mut votes = Vec::new();
-    if texts.iter().any(|t| HEAD_WORDS.is_match(t)) {
+    if texts.iter().any(|t| pat.head.is_match(t)) {
         votes.push("description");
     }
     if HEAD_BODY_PARTS.contains(&first.body_part.as_str()) {
@@ -211,7 +217,7 @@ pub fn check(first: &SliceHeader, all: &[SliceHeader], cfg: &GateConfig) -> Stag
             &format!("Body Part Examined is {}, not the head.", first.body_part),
             json!({ "body_part_examined": first.body_part }),
         ));
-    } else if let Some(m) = texts.iter().find_map(|t| OTHER_REGION_WORDS.find(t)) {
+    } else if let Some(m) = texts.iter().find_map(|t| pat.other_region.find(t)) {
         if votes.is_empty() {
             r.refuse(Reason::new(
                 "other_body_region",
@@ -224,7 +230,7 @@ pub fn check(first: &SliceHeader, all: &[SliceHeader], cfg: &GateConfig) -> Stag
         }
     }
     // H6: sequence class.
-    let class = classify(first);
+    let class = classify_with(first, &pat);
     r.facts["sequence_class"] = json!(class);
     if class == SequenceClass::Other {
         r.refuse(Reason::new(
@@ -257,13 +263,17 @@ pub fn check(first: &SliceHeader, all: &[SliceHeader], cfg: &GateConfig) -> Stag
 
 /// T1 / T1 post / T2 / FLAIR / other from acquisition parameters first, the
 /// description second (clinical.md H6; typical 1.5 T / 3 T values).
-pub fn classify(h: &SliceHeader) -> SequenceClass {
+pub fn classify(h: &SliceHeader, cfg: &GateConfig) -> SequenceClass {
+    classify_with(h, &Patterns::new(cfg))
+}
+
+fn classify_with(h: &SliceHeader, pat: &Patterns) -> SequenceClass {
     let desc = format!(
         "{} {} {}",
         h.series_description, h.protocol_name, h.sequence_name
     );
     let seq = &h.scanning_sequence;
-    if seq.contains("EP") || OTHER_SEQUENCE_WORDS.is_match(&desc) {
+    if seq.contains("EP") || pat.other_sequence.is_match(&desc) {
         return SequenceClass::Other;
     }
     let (tr, te, ti) = (h.repetition_time, h.echo_time, h.inversion_time);
@@ -301,8 +311,7 @@ pub fn classify(h: &SliceHeader) -> SequenceClass {
             SequenceClass::Other
         }
     });
-    if class == SequenceClass::T1
-        && (!h.contrast_agent.is_empty() || CONTRAST_WORDS.is_match(&desc))
+    if class == SequenceClass::T1 && (!h.contrast_agent.is_empty() || pat.contrast.is_match(&desc))
     {
         SequenceClass::T1Post
     } else {
@@ -365,10 +374,10 @@ mod tests {
     fn contrast_makes_t1_post() {
         let mut h = t1_brain();
         h.contrast_agent = "Gadovist".into();
-        assert_eq!(classify(&h), SequenceClass::T1Post);
+        assert_eq!(classify(&h, &GateConfig::default()), SequenceClass::T1Post);
         let mut h = t1_brain();
         h.series_description = "T1 MPRAGE POST GD".into();
-        assert_eq!(classify(&h), SequenceClass::T1Post);
+        assert_eq!(classify(&h, &GateConfig::default()), SequenceClass::T1Post);
     }
 
     #[test]
@@ -379,13 +388,13 @@ mod tests {
         h.repetition_time = Some(4000.0);
         h.echo_time = Some(100.0);
         h.inversion_time = None;
-        assert_eq!(classify(&h), SequenceClass::T2);
+        assert_eq!(classify(&h, &GateConfig::default()), SequenceClass::T2);
         h.scanning_sequence = "SE\\IR".into();
         h.repetition_time = Some(9000.0);
         h.inversion_time = Some(2500.0);
-        assert_eq!(classify(&h), SequenceClass::Flair);
+        assert_eq!(classify(&h, &GateConfig::default()), SequenceClass::Flair);
         h.scanning_sequence = "EP".into();
-        assert_eq!(classify(&h), SequenceClass::Other);
+        assert_eq!(classify(&h, &GateConfig::default()), SequenceClass::Other);
     }
 
     #[test]
