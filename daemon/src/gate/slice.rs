@@ -54,12 +54,7 @@ pub struct FrameGeometry {
 }
 
 fn text(obj: &InMemDicomObject, tag: Tag) -> String {
-    obj.element_opt(tag)
-        .ok()
-        .flatten()
-        .and_then(|e| e.to_str().ok())
-        .map(|s| s.trim_matches(['\0', ' ']).to_string())
-        .unwrap_or_default()
+    crate::store::attr_text(obj, tag).unwrap_or_default()
 }
 
 fn floats(obj: &InMemDicomObject, tag: Tag) -> Vec<f64> {

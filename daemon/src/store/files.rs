@@ -70,13 +70,18 @@ pub fn write_part10_header<W: Write>(
     Ok(())
 }
 
-fn text(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<String> {
+/// An attribute's text value without padding; None when absent or empty.
+pub fn attr_text(obj: &dicom_object::InMemDicomObject, tag: dicom_core::Tag) -> Option<String> {
     obj.element_opt(tag)
         .ok()
         .flatten()
         .and_then(|e| e.to_str().ok())
         .map(|s| s.trim_end_matches(['\0', ' ']).trim().to_string())
         .filter(|s| !s.is_empty())
+}
+
+fn text(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<String> {
+    attr_text(obj, tag)
 }
 
 fn int(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<i64> {

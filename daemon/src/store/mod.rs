@@ -7,7 +7,9 @@
 mod files;
 mod records;
 
-pub use files::{hash_ref, parse_header, valid_uid, write_part10_header, InstanceHeader};
+pub use files::{
+    attr_text, hash_ref, parse_header, valid_uid, write_part10_header, InstanceHeader,
+};
 pub use files::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 pub use records::{JobRecord, JobState, ResultRecord, SeriesRecord, SeriesState, StoredInstance};
 
