@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::gate;
 use crate::gate::quality::ScannerHistory;
-use crate::store::{JobRecord, JobState};
+use crate::store::JobRecord;
 use crate::App;
 
 pub async fn run(app: Arc<App>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
@@ -26,15 +26,13 @@ pub async fn run(app: Arc<App>, mut shutdown: tokio::sync::watch::Receiver<bool>
 
 /// Works through every job waiting in `complete`, oldest first.
 pub fn step(app: &App) -> usize {
-    let mut jobs = match app.store.jobs() {
+    let jobs = match app.store.pending_jobs() {
         Ok(j) => j,
         Err(e) => {
-            tracing::error!(error = %e, "cannot list jobs");
+            tracing::error!(error = %e, "cannot list pending jobs");
             return 0;
         }
     };
-    jobs.retain(|j| j.state == JobState::Complete);
-    jobs.sort_by_key(|j| j.created_at_ms);
     let mut n = 0;
     for job in jobs {
         // A panic or an error in one job fails that job, visibly, and the others go on.

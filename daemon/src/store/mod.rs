@@ -47,6 +47,10 @@ pub struct Store {
     jobs: sled::Tree,
     scanners: sled::Tree,
     results: sled::Tree,
+    /// "series_uid/sop_uid" -> (): the instances of a series without a full scan.
+    by_series: sled::Tree,
+    /// Job ids waiting in `complete` for the pipeline.
+    pending: sled::Tree,
 }
 
 /// What opening the store found and did, for the log and the status API.
@@ -102,12 +106,15 @@ impl Store {
             jobs: db.open_tree("jobs")?,
             scanners: db.open_tree("scanners")?,
             results: db.open_tree("results")?,
+            by_series: db.open_tree("by_series")?,
+            pending: db.open_tree("pending")?,
             db_file: Mutex::new((db_file, 0)),
             write_gen: AtomicU64::new(0),
             db,
             root: root.to_path_buf(),
         };
         store.reconcile(&mut report)?;
+        store.backfill_secondary_indexes()?;
         if fresh && report.files_indexed == 0 {
             // A new, empty data directory: nothing was rebuilt.
             report.rebuild_reason = None;
@@ -209,18 +216,29 @@ impl Store {
     /// Inserts the instance row and updates its series in one transaction.
     fn index_instance(&self, rec: &StoredInstance) -> Result<Commit> {
         let inst_val = serde_json::to_vec(rec)?;
-        let res: Result<Commit, TransactionError<anyhow::Error>> = (&self.instances, &self.series)
-            .transaction(|(inst, ser)| {
+        let member = series_member_key(&rec.series_uid, &rec.sop_instance_uid);
+        let res: Result<Commit, TransactionError<anyhow::Error>> = (
+            &self.instances,
+            &self.series,
+            &self.by_series,
+            &self.pending,
+        )
+            .transaction(|(inst, ser, by, pending)| {
                 if inst.get(rec.sop_instance_uid.as_bytes())?.is_some() {
                     return Ok(Commit::Duplicate);
                 }
                 inst.insert(rec.sop_instance_uid.as_bytes(), inst_val.clone())?;
+                by.insert(member.as_slice(), &[][..])?;
                 let mut s = match ser.get(rec.series_uid.as_bytes())? {
                     Some(v) => serde_json::from_slice::<SeriesRecord>(&v)
                         .map_err(|e| ConflictableTransactionError::Abort(anyhow!(e)))?,
                     None => SeriesRecord::new(rec),
                 };
                 let reopened = s.add_instance(rec);
+                if reopened {
+                    // The job waits for the series to complete again, not for the gate.
+                    pending.remove(JobRecord::id_for(&rec.series_uid).as_bytes())?;
+                }
                 let count = s.instance_count;
                 let v = serde_json::to_vec(&s)
                     .map_err(|e| ConflictableTransactionError::Abort(anyhow!(e)))?;
@@ -239,12 +257,47 @@ impl Store {
     }
 
     pub fn instances_of_series(&self, series_uid: &str) -> Result<Vec<StoredInstance>> {
-        // A full scan: fine for the status API; Q/R will want a series-keyed index.
-        let all: Vec<StoredInstance> = all_json(&self.instances)?;
-        Ok(all
-            .into_iter()
-            .filter(|r| r.series_uid == series_uid)
-            .collect())
+        let prefix = series_member_key(series_uid, "");
+        let mut out = Vec::new();
+        for kv in self.by_series.scan_prefix(&prefix) {
+            let (k, _) = kv?;
+            let sop = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            if let Some(r) = self.instance(&sop)? {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Jobs waiting in `complete`, oldest first.
+    pub fn pending_jobs(&self) -> Result<Vec<JobRecord>> {
+        let mut v = Vec::new();
+        for k in self.pending.iter().keys() {
+            if let Some(j) = self.job(&String::from_utf8_lossy(&k?))? {
+                v.push(j);
+            }
+        }
+        v.sort_by_key(|j: &JobRecord| j.created_at_ms);
+        Ok(v)
+    }
+
+    /// Fills the secondary trees from the primary ones (an index from before they
+    /// existed, or one rebuilt from the spool); idempotent.
+    fn backfill_secondary_indexes(&self) -> Result<()> {
+        if self.by_series.is_empty() && !self.instances.is_empty() {
+            for r in all_json::<StoredInstance>(&self.instances)? {
+                self.by_series.insert(
+                    series_member_key(&r.series_uid, &r.sop_instance_uid),
+                    &[][..],
+                )?;
+            }
+        }
+        for j in all_json::<JobRecord>(&self.jobs)? {
+            if j.state == JobState::Complete {
+                self.pending.insert(j.id.as_bytes(), &[][..])?;
+            }
+        }
+        Ok(())
     }
 
     pub fn series(&self, series_uid: &str) -> Result<Option<SeriesRecord>> {
@@ -273,7 +326,7 @@ impl Store {
     pub fn complete_series(&self, series_uid: &str, reason: &str) -> Result<Option<JobRecord>> {
         let now = now_ms();
         let res: Result<Option<JobRecord>, TransactionError<anyhow::Error>> =
-            (&self.series, &self.jobs).transaction(|(ser, jobs)| {
+            (&self.series, &self.jobs, &self.pending).transaction(|(ser, jobs, pending)| {
                 let abort = |e: serde_json::Error| ConflictableTransactionError::Abort(anyhow!(e));
                 let Some(v) = ser.get(series_uid.as_bytes())? else {
                     return Ok(None);
@@ -297,6 +350,7 @@ impl Store {
                     serde_json::to_vec(&s).map_err(abort)?,
                 )?;
                 jobs.insert(id.as_bytes(), serde_json::to_vec(&job).map_err(abort)?)?;
+                pending.insert(id.as_bytes(), &[][..])?;
                 Ok(Some(job))
             });
         let job = res.map_err(txn_error)?;
@@ -317,30 +371,36 @@ impl Store {
         notice: Option<String>,
     ) -> Result<bool> {
         let now = now_ms();
-        let res: Result<bool, TransactionError<anyhow::Error>> = self.jobs.transaction(|jobs| {
-            let abort = |e: serde_json::Error| ConflictableTransactionError::Abort(anyhow!(e));
-            let Some(v) = jobs.get(id.as_bytes())? else {
-                return Ok(false);
-            };
-            let mut j: JobRecord = serde_json::from_slice(&v).map_err(abort)?;
-            if j.state != JobState::Complete || j.instance_count != gated_instances {
-                return Ok(false);
-            }
-            j.state = if passed {
-                JobState::Gated
-            } else {
-                JobState::Rejected
-            };
-            j.gate = Some(decision.clone());
-            j.notice_sop_instance_uid = notice.clone();
-            j.history.push(records::StateChange {
-                state: j.state,
-                at_ms: now,
-                note: Some(note.clone()),
+        let res: Result<bool, TransactionError<anyhow::Error>> = (&self.jobs, &self.pending)
+            .transaction(|(jobs, pending)| {
+                let abort = |e: serde_json::Error| ConflictableTransactionError::Abort(anyhow!(e));
+                let Some(v) = jobs.get(id.as_bytes())? else {
+                    return Ok(false);
+                };
+                let mut j: JobRecord = serde_json::from_slice(&v).map_err(abort)?;
+                if j.state != JobState::Complete {
+                    pending.remove(id.as_bytes())?;
+                    return Ok(false);
+                }
+                if j.instance_count != gated_instances {
+                    return Ok(false);
+                }
+                j.state = if passed {
+                    JobState::Gated
+                } else {
+                    JobState::Rejected
+                };
+                j.gate = Some(decision.clone());
+                j.notice_sop_instance_uid = notice.clone();
+                j.history.push(records::StateChange {
+                    state: j.state,
+                    at_ms: now,
+                    note: Some(note.clone()),
+                });
+                jobs.insert(id.as_bytes(), serde_json::to_vec(&j).map_err(abort)?)?;
+                pending.remove(id.as_bytes())?;
+                Ok(true)
             });
-            jobs.insert(id.as_bytes(), serde_json::to_vec(&j).map_err(abort)?)?;
-            Ok(true)
-        });
         let changed = res.map_err(txn_error)?;
         self.sync()?;
         Ok(changed)
@@ -402,6 +462,7 @@ impl Store {
             });
             serde_json::to_vec(&j).ok()
         })?;
+        self.pending.remove(id.as_bytes())?;
         self.sync()
     }
 
@@ -463,6 +524,10 @@ impl Store {
             .filter(|k| !on_disk.contains(&*String::from_utf8_lossy(k)))
             .collect();
         for k in stale {
+            if let Some(r) = self.instance(&String::from_utf8_lossy(&k))? {
+                self.by_series
+                    .remove(series_member_key(&r.series_uid, &r.sop_instance_uid))?;
+            }
             tracing::error!(sop_ref = %files::hash_ref(&String::from_utf8_lossy(&k)), "index row without spool file removed");
             self.instances.remove(k)?;
             report.rows_without_file += 1;
@@ -475,6 +540,10 @@ impl Store {
         }
         Ok(())
     }
+}
+
+fn series_member_key(series_uid: &str, sop_uid: &str) -> Vec<u8> {
+    format!("{series_uid}/{sop_uid}").into_bytes()
 }
 
 fn get_json<T: serde::de::DeserializeOwned>(tree: &sled::Tree, key: &str) -> Result<Option<T>> {
