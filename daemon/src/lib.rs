@@ -125,6 +125,29 @@ pub async fn run(config: Config) -> Result<()> {
         app.store.instance_count()
     ));
 
+    // What `systemctl status scanside` shows, kept current.
+    let status_app = app.clone();
+    let mut status_stop = stop_rx.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = status_stop.changed() => return,
+            }
+            let a = status_app.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                sys::notify_status(&format!(
+                    "{} instances stored; {} series open; {} association(s) open; {} job(s) waiting",
+                    a.store.instance_count(),
+                    a.series.open_count(),
+                    a.active_associations.load(std::sync::atomic::Ordering::Relaxed),
+                    a.store.pending_count(),
+                ))
+            })
+            .await;
+        }
+    });
+
     let scp = scp::Scp::new(app.clone());
     scp.serve(dicom, stop_rx, DRAIN).await;
 

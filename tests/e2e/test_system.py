@@ -28,6 +28,14 @@ def test_sd_notify_ready_and_watchdog(daemon_factory, tmp_path):
     assert any(x.startswith("STATUS=listening as SCANSIDE") for x in seen), seen
     # READY only after the listeners are bound: the DICOM port answers now.
     assert run(["echoscu", "-aec", "SCANSIDE", "127.0.0.1", str(d.port)]).returncode == 0
+    # The status line is kept current for `systemctl status`.
+    deadline = time.time() + 10
+    while time.time() < deadline and not any("instances stored; " in x and "series open" in x for x in seen):
+        try:
+            seen += s.recv(4096).decode().split("\n")
+        except socket.timeout:
+            break
+    assert any(x.startswith("STATUS=0 instances stored; 0 series open") for x in seen), seen
     d.stop()
     rest = []
     s.settimeout(2)

@@ -269,6 +269,10 @@ impl Store {
         Ok(out)
     }
 
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+
     /// Jobs waiting in `complete`, oldest first.
     pub fn pending_jobs(&self) -> Result<Vec<JobRecord>> {
         let mut v = Vec::new();
