@@ -8,6 +8,7 @@ pub mod config;
 pub mod dimse;
 pub mod gate;
 pub mod http;
+pub mod infer;
 pub mod inspect;
 pub mod metrics;
 pub mod pipeline;

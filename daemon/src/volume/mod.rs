@@ -1,7 +1,9 @@
 //! From stored instances to a 3D volume: slices sorted along the normal, pixel data
 //! decoded with the modality LUT (rescale slope/intercept) applied, geometry kept.
-//! Enhanced MR contributes one slice per frame. Resampling to a model grid comes
-//! with the segmentation issue.
+//! Enhanced MR contributes one slice per frame. `resample` moves images and labels
+//! between the source grid and a model grid.
+
+pub mod resample;
 
 use std::path::Path;
 
