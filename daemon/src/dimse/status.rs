@@ -19,7 +19,3 @@ pub const UNRECOGNIZED_OPERATION: u16 = 0x0211;
 /// Duplicate SOP instance stored earlier: reported as success (PS3.4 B.2.3 allows a
 /// warning; DCMTK and most scanners treat warnings as errors, so we answer 0000).
 pub const DUPLICATE_AS_SUCCESS: u16 = SUCCESS;
-
-pub fn is_success(status: u16) -> bool {
-    status == SUCCESS
-}

@@ -26,20 +26,6 @@ pub struct Volume {
     pub normal: [f64; 3],
 }
 
-impl Volume {
-    pub fn len(&self) -> usize {
-        self.data.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.data.is_empty()
-    }
-
-    pub fn idx(&self, s: usize, r: usize, c: usize) -> usize {
-        (s * self.dims[1] + r) * self.dims[2] + c
-    }
-}
-
 fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
     a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
 }
