@@ -18,7 +18,7 @@ pub async fn run(app: Arc<App>, mut shutdown: tokio::sync::watch::Receiver<bool>
         }
         let a = app.clone();
         if let Err(e) = tokio::task::spawn_blocking(move || step(&a)).await {
-            // One job's panic must not stop the pipeline; the job stays `complete`.
+            // Jobs catch their own panics in step(); this catches the rest (listing).
             tracing::error!(error = %e, "pipeline step panicked");
         }
     }
