@@ -73,6 +73,39 @@ pub struct Window {
     pub mirror: bool,
 }
 
+/// Calls `f(patch_index, volume_index)` for every voxel of a patch placed at
+/// `start` (flipped along the axes in `flip`) that lies inside the volume.
+fn for_each_voxel(
+    dims: [usize; 3],
+    start: [usize; 3],
+    patch: [usize; 3],
+    flip: [bool; 3],
+    mut f: impl FnMut(usize, usize),
+) {
+    let at = |a: usize, i: usize| start[a] + if flip[a] { patch[a] - 1 - i } else { i };
+    for i in 0..patch[0] {
+        let vi = at(0, i);
+        if vi >= dims[0] {
+            continue;
+        }
+        for j in 0..patch[1] {
+            let vj = at(1, j);
+            if vj >= dims[1] {
+                continue;
+            }
+            for k in 0..patch[2] {
+                let vk = at(2, k);
+                if vk < dims[2] {
+                    f(
+                        (i * patch[1] + j) * patch[2] + k,
+                        (vi * dims[1] + vj) * dims[2] + vk,
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// Copies `src` (channels x dims) into a patch at `start`, zero-padding where the
 /// patch extends past the volume, optionally flipped along some axes.
 fn extract(
@@ -86,28 +119,11 @@ fn extract(
     let pv = patch[0] * patch[1] * patch[2];
     let dv = dims[0] * dims[1] * dims[2];
     let mut out = vec![0f32; ch * pv];
-    for c in 0..ch {
-        for i in 0..patch[0] {
-            let si = start[0] + if flip[0] { patch[0] - 1 - i } else { i };
-            if si >= dims[0] {
-                continue;
-            }
-            for j in 0..patch[1] {
-                let sj = start[1] + if flip[1] { patch[1] - 1 - j } else { j };
-                if sj >= dims[1] {
-                    continue;
-                }
-                for k in 0..patch[2] {
-                    let sk = start[2] + if flip[2] { patch[2] - 1 - k } else { k };
-                    if sk >= dims[2] {
-                        continue;
-                    }
-                    out[c * pv + (i * patch[1] + j) * patch[2] + k] =
-                        src[c * dv + (si * dims[1] + sj) * dims[2] + sk];
-                }
-            }
+    for_each_voxel(dims, start, patch, flip, |pi, v| {
+        for c in 0..ch {
+            out[c * pv + pi] = src[c * dv + v];
         }
-    }
+    });
     out
 }
 
@@ -149,33 +165,14 @@ impl Window {
                                 self.classes
                             );
                         }
-                        for i in 0..p[0] {
-                            let vi = start[0] + if flip[0] { p[0] - 1 - i } else { i };
-                            if vi >= dims[0] {
-                                continue;
+                        // The Gaussian is symmetric, so a flipped patch index weighs the same.
+                        for_each_voxel(dims, start, p, flip, |pi, v| {
+                            let w = weight[pi];
+                            norm[v] += w;
+                            for c in 0..self.classes {
+                                acc[c * dv + v] += w * logits[c * pv + pi];
                             }
-                            for j in 0..p[1] {
-                                let vj = start[1] + if flip[1] { p[1] - 1 - j } else { j };
-                                if vj >= dims[1] {
-                                    continue;
-                                }
-                                for k in 0..p[2] {
-                                    let vk = start[2] + if flip[2] { p[2] - 1 - k } else { k };
-                                    if vk >= dims[2] {
-                                        continue;
-                                    }
-                                    // The weight belongs to the voxel's place in the volume's
-                                    // patch, not in the flipped one (the map is symmetric anyway).
-                                    let pi = (i * p[1] + j) * p[2] + k;
-                                    let w = weight[pi];
-                                    let v = (vi * dims[1] + vj) * dims[2] + vk;
-                                    norm[v] += w;
-                                    for c in 0..self.classes {
-                                        acc[c * dv + v] += w * logits[c * pv + pi];
-                                    }
-                                }
-                            }
-                        }
+                        });
                     }
                 }
             }
