@@ -10,6 +10,7 @@ pub mod gate;
 pub mod http;
 pub mod infer;
 pub mod inspect;
+pub mod measure;
 pub mod metrics;
 pub mod pipeline;
 pub mod results;

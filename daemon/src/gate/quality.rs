@@ -124,51 +124,18 @@ fn otsu(data: &[f32]) -> f32 {
 
 /// Largest 6-connected component of `mask`; returns (component mask, size, bbox).
 fn largest_component(v: &Volume, mask: &[bool]) -> (Vec<bool>, usize, [[usize; 2]; 3]) {
-    let [ns, nr, nc] = v.dims;
-    let mut label = vec![0u32; mask.len()];
-    let (mut best, mut best_size, mut next) = (0u32, 0usize, 0u32);
-    let mut stack = Vec::new();
-    for start in 0..mask.len() {
-        if !mask[start] || label[start] != 0 {
-            continue;
-        }
-        next += 1;
-        label[start] = next;
-        stack.push(start);
-        let mut size = 0;
-        while let Some(i) = stack.pop() {
-            size += 1;
-            let (s, r, c) = (i / (nr * nc), (i / nc) % nr, i % nc);
-            let mut visit = |j: usize| {
-                if mask[j] && label[j] == 0 {
-                    label[j] = next;
-                    stack.push(j);
-                }
-            };
-            if s > 0 {
-                visit(i - nr * nc)
-            }
-            if s + 1 < ns {
-                visit(i + nr * nc)
-            }
-            if r > 0 {
-                visit(i - nc)
-            }
-            if r + 1 < nr {
-                visit(i + nc)
-            }
-            if c > 0 {
-                visit(i - 1)
-            }
-            if c + 1 < nc {
-                visit(i + 1)
-            }
-        }
-        if size > best_size {
-            best_size = size;
-            best = next;
-        }
-    }
+    let [_, nr, nc] = v.dims;
+    let grid = crate::measure::Grid {
+        dims: v.dims,
+        spacing: v.spacing,
+    };
+    let (label, sizes) = crate::measure::components(mask, grid);
+    let (best, best_size) = sizes
+        .iter()
+        .enumerate()
+        .max_by_key(|(_, &n)| n)
+        .map(|(i, &n)| (i as u32 + 1, n))
+        .unwrap_or((0, 0));
     let mut bbox = [[usize::MAX, 0]; 3];
     let comp: Vec<bool> = label.iter().map(|&l| l == best && best != 0).collect();
     for (i, _) in comp.iter().enumerate().filter(|(_, &b)| b) {
