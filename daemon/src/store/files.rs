@@ -121,6 +121,8 @@ pub fn check_element_lengths(data: &[u8], implicit: bool, big_endian: bool) -> R
     };
     let mut pos = 0usize;
     let mut in_fragments = false;
+    // Undefined-length sequences, items and pixel data not yet delimited.
+    let mut open_undefined = 0usize;
     while pos < data.len() {
         if data.len() - pos < 8 {
             return Err(anyhow!("truncated element header at byte {pos}"));
@@ -131,9 +133,18 @@ pub fn check_element_lengths(data: &[u8], implicit: bool, big_endian: bool) -> R
             // Item and delimiters: always a 4-byte length, never a VR.
             let len = u32_at(pos + 4);
             pos += 8;
-            if elem == 0xE0DD {
-                in_fragments = false;
-            } else if elem == 0xE000 && len != u32::MAX {
+            if elem == 0xE0DD || elem == 0xE00D {
+                // Sequence or item delimiter: closes the innermost undefined length.
+                if open_undefined == 0 {
+                    return Err(anyhow!("delimiter at byte {} closes nothing", pos - 8));
+                }
+                open_undefined -= 1;
+                if elem == 0xE0DD {
+                    in_fragments = false;
+                }
+            } else if elem == 0xE000 && len == u32::MAX {
+                open_undefined += 1;
+            } else if elem == 0xE000 {
                 if len as usize > data.len() - pos {
                     return Err(anyhow!(
                         "item claims {len} bytes, {} remain",
@@ -183,6 +194,7 @@ pub fn check_element_lengths(data: &[u8], implicit: bool, big_endian: bool) -> R
         if len == u32::MAX {
             // Undefined length: a sequence, or encapsulated pixel data.
             in_fragments = (group, elem) == (0x7FE0, 0x0010);
+            open_undefined += 1;
             pos += hdr;
             continue;
         }
@@ -198,10 +210,15 @@ pub fn check_element_lengths(data: &[u8], implicit: bool, big_endian: bool) -> R
             pos += len as usize;
         }
     }
+    if open_undefined > 0 {
+        return Err(anyhow!(
+            "data set ends inside {open_undefined} undefined-length sequence(s) or pixel data"
+        ));
+    }
     Ok(())
 }
 
-/// Parses the whole file (so a truncated data set is caught here, not later) and
+/// Checks the whole file (so a truncated data set is caught here, not later) and
 /// returns its identifying attributes.
 pub fn parse_header(path: &Path) -> Result<InstanceHeader> {
     let bytes = std::fs::read(path)?;
@@ -226,7 +243,11 @@ pub fn parse_header(path: &Path) -> Result<InstanceHeader> {
             ts == "1.2.840.10008.1.2.2",
         )?;
     }
+    // The walk has checked the whole data set (lengths, delimiters), so the parser
+    // reads only the attributes before Pixel Data: the object is never in memory
+    // twice, once as bytes and once parsed.
     let obj = OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
         .from_reader(&bytes[128..])
         .map_err(|e| anyhow!("{e}"))?;
     let need = |tag, name: &str| text(&obj, tag).ok_or_else(|| anyhow!("{name} is missing"));
@@ -323,8 +344,12 @@ mod tests {
             enc.extend_from_slice(&(frag.len() as u32).to_le_bytes());
             enc.extend_from_slice(frag);
         }
+        let unterminated = enc.clone();
         enc.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
         assert!(check_element_lengths(&enc, false, false).is_ok());
+        // Cut before the sequence delimiter: truncated, refused.
+        let e = check_element_lengths(&unterminated, false, false).unwrap_err();
+        assert!(e.to_string().contains("ends inside"), "{e}");
     }
 
     #[test]
