@@ -70,7 +70,7 @@ pub fn gate(
         ));
     }
     let t0 = std::time::Instant::now();
-    let (d, _) = crate::gate::run_series(&files, cfg, |_| Ok(None))?;
+    let d = crate::gate::run_series(&files, cfg, |_| Ok(None))?.decision;
     let mut v = serde_json::to_value(&d)?;
     v["instances"] = json!(files.len());
     v["elapsed_ms"] = json!(t0.elapsed().as_millis() as u64);

@@ -40,9 +40,18 @@ pub struct App {
     pub peer_rules: Arc<Vec<PeerRule>>,
     pub heartbeat: sys::Heartbeat,
     pub active_associations: Arc<std::sync::atomic::AtomicUsize>,
+    pub model: Arc<infer::ModelSlot>,
 }
 
 impl App {
+    pub fn engine_cache_dir(&self) -> std::path::PathBuf {
+        self.config
+            .inference
+            .engine_cache_dir
+            .clone()
+            .unwrap_or_else(|| self.store.root().join("engine-cache"))
+    }
+
     /// Gauges computed at scrape time.
     pub fn refresh_gauges(&self) {
         if let Ok(free) = sys::disk_free(self.store.root()) {
@@ -55,6 +64,9 @@ impl App {
             self.active_associations
                 .load(std::sync::atomic::Ordering::Relaxed) as f64,
         );
+        let loaded = self.model.status().loaded;
+        self.metrics
+            .set_gauge("scanside_model_loaded", "", if loaded { 1.0 } else { 0.0 });
     }
 }
 
@@ -89,6 +101,7 @@ pub async fn run(config: Config) -> Result<()> {
         series: series.clone(),
         heartbeat: sys::Heartbeat::default(),
         active_associations: Default::default(),
+        model: Default::default(),
         config,
     });
     app.heartbeat.beat();
@@ -105,6 +118,14 @@ pub async fn run(config: Config) -> Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(http::serve(app.clone(), http, stop_rx.clone()));
     tokio::spawn(series.run(stop_rx.clone()));
+    // The model loads beside the DICOM service: storing never waits for it, and a
+    // model that does not load leaves the daemon serving DICOM (readyz says why).
+    let model_app = app.clone();
+    tokio::task::spawn_blocking(move || {
+        let _ = model_app
+            .model
+            .load(&model_app.config.inference, &model_app.engine_cache_dir());
+    });
     tokio::spawn(pipeline::run(app.clone(), stop_rx.clone()));
     tokio::spawn(sys::watchdog(app.clone()));
     tokio::spawn(async move {

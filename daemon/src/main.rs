@@ -36,12 +36,82 @@ enum Command {
         config: Option<PathBuf>,
         paths: Vec<PathBuf>,
     },
+    /// Model bundles.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
+    /// Load the configured model and run its golden case (exit 0 when it agrees).
+    Selftest {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Read a DICOM file as the daemon does; with --decode also decode its pixel data.
     Inspect {
         file: PathBuf,
         #[arg(long)]
         decode: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Check a bundle (manifest, sha256, shapes) and run its golden case.
+    Verify {
+        /// Bundle directory; default: the built-in model.
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// auto | ort | tract (default: the config's)
+        #[arg(long)]
+        backend: Option<String>,
+        /// Write the golden case's blended logits (.npy, f32).
+        #[arg(long)]
+        logits_out: Option<PathBuf>,
+        /// Write the golden case's labels (.npy, u8).
+        #[arg(long)]
+        labels_out: Option<PathBuf>,
+        /// Write the logits of the golden input's first patch (.npy, f32).
+        #[arg(long)]
+        patch_logits_out: Option<PathBuf>,
+    },
+}
+
+fn load_config(path: Option<PathBuf>) -> Result<Config, ExitCode> {
+    match path.map(|p| Config::load(&p)).transpose() {
+        Ok(c) => Ok(c.unwrap_or_else(Config::embedded_default)),
+        Err(e) => {
+            eprint!("{e}");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+fn verify_model(
+    dir: Option<PathBuf>,
+    cfg: &Config,
+    out: scanside::infer::verify::Outputs,
+) -> ExitCode {
+    let cache = cfg
+        .inference
+        .engine_cache_dir
+        .clone()
+        .unwrap_or_else(|| cfg.storage.data_dir.join("engine-cache"));
+    match scanside::infer::verify::verify(dir.as_deref(), &cfg.inference, &cache, &out) {
+        Ok((v, ok)) => {
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("the golden case does not give the manifest's label counts");
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("scanside model: {e:#}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -69,7 +139,11 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(scanside::run(config)) {
+            let r = rt.block_on(scanside::run(config));
+            // A segmentation in flight is not waited for: its job is durable in
+            // `gated` and resumes at the next start.
+            rt.shutdown_timeout(std::time::Duration::from_secs(1));
+            match r {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("scanside: {e:#}");
@@ -117,6 +191,49 @@ fn main() -> ExitCode {
                     ExitCode::from(2)
                 }
             }
+        }
+        Command::Model {
+            command:
+                ModelCommand::Verify {
+                    dir,
+                    config,
+                    backend,
+                    logits_out,
+                    labels_out,
+                    patch_logits_out,
+                },
+        } => {
+            let mut cfg = match load_config(config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            if let Some(b) = backend {
+                cfg.inference.backend = match b.as_str() {
+                    "auto" => scanside::config::BackendChoice::Auto,
+                    "ort" => scanside::config::BackendChoice::Ort,
+                    "tract" => scanside::config::BackendChoice::Tract,
+                    other => {
+                        eprintln!("--backend {other}: expected auto, ort or tract");
+                        return ExitCode::from(2);
+                    }
+                };
+            }
+            init_logging();
+            let out = scanside::infer::verify::Outputs {
+                logits: logits_out,
+                labels: labels_out,
+                patch_logits: patch_logits_out,
+            };
+            verify_model(dir, &cfg, out)
+        }
+        Command::Selftest { config } => {
+            let cfg = match load_config(config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            init_logging();
+            let dir = cfg.inference.model_dir.clone();
+            verify_model(dir, &cfg, Default::default())
         }
         Command::Inspect { file, decode } => match scanside::inspect::inspect(&file, decode) {
             Ok(v) => {

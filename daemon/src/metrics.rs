@@ -23,6 +23,8 @@ pub struct Metrics {
     counters: Mutex<BTreeMap<(&'static str, String), u64>>,
     gauges: Mutex<BTreeMap<(&'static str, String), f64>>,
     store_latency: Mutex<Histogram>,
+    /// (name, labels) -> (count, sum)
+    summaries: Mutex<BTreeMap<(&'static str, String), (u64, f64)>>,
 }
 
 const HELP: &[(&str, &str, &str)] = &[
@@ -97,6 +99,26 @@ const HELP: &[(&str, &str, &str)] = &[
         "Jobs failed by an internal error, by stage",
     ),
     (
+        "scanside_jobs_inferred_total",
+        "counter",
+        "Jobs segmented (state inferred)",
+    ),
+    (
+        "scanside_jobs_over_budget_total",
+        "counter",
+        "Jobs that took longer than [budget] seconds from series completion",
+    ),
+    (
+        "scanside_stage_seconds",
+        "summary",
+        "Time per job stage (decode, gate, resample, infer, post, total), by stage",
+    ),
+    (
+        "scanside_model_loaded",
+        "gauge",
+        "1 when a segmentation model is loaded and ready",
+    ),
+    (
         "scanside_disk_free_bytes",
         "gauge",
         "Free bytes on the data file system",
@@ -144,6 +166,14 @@ impl Metrics {
         }
     }
 
+    pub fn observe(&self, name: &'static str, labels: &str, v: f64) {
+        if let Ok(mut m) = self.summaries.lock() {
+            let e = m.entry((name, labels.to_string())).or_default();
+            e.0 += 1;
+            e.1 += v;
+        }
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         let counters = self.counters.lock().map(|m| m.clone()).unwrap_or_default();
@@ -162,6 +192,14 @@ impl Metrics {
             // Unlabelled counters are shown at 0 so dashboards see them from the start.
             if *kind == "counter" && !any && !help.contains(", by") {
                 let _ = writeln!(out, "{name} 0");
+            }
+            if *kind == "summary" {
+                if let Ok(m) = self.summaries.lock() {
+                    for ((n, labels), (count, sum)) in m.iter().filter(|((n, _), _)| n == name) {
+                        let _ = writeln!(out, "{n}_sum{} {sum}", braces(labels));
+                        let _ = writeln!(out, "{n}_count{} {count}", braces(labels));
+                    }
+                }
             }
             if *kind == "histogram" {
                 if let Ok(h) = self.store_latency.lock() {

@@ -1,13 +1,17 @@
-//! Drives jobs through the boxes after series completion. Today: `complete` ->
-//! gate -> `gated` | `rejected`. Every transition is durable in the store, so after
-//! a restart the worker resumes each job from its last state.
+//! Drives jobs through the boxes after series completion: `complete` -> gate ->
+//! `gated` | `rejected`; `gated` -> segmentation -> `inferred`. Every transition
+//! is durable in the store, so after a restart the worker resumes each job from
+//! its last state. A gated job waits while no model is loaded.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::gate;
 use crate::gate::quality::ScannerHistory;
-use crate::store::JobRecord;
+use crate::measure;
+use crate::store::{InferenceRecord, JobRecord, JobState};
+use crate::volume::{self, Volume};
 use crate::App;
 
 pub async fn run(app: Arc<App>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
@@ -24,7 +28,9 @@ pub async fn run(app: Arc<App>, mut shutdown: tokio::sync::watch::Receiver<bool>
     }
 }
 
-/// Works through every job waiting in `complete`, oldest first.
+/// One round: gates every job waiting in `complete` (oldest first), then segments
+/// one gated job. Gating never waits behind more than one segmentation; a series
+/// gated with nothing else waiting goes straight on with its decoded volume.
 pub fn step(app: &App) -> usize {
     let jobs = match app.store.pending_jobs() {
         Ok(j) => j,
@@ -34,41 +40,73 @@ pub fn step(app: &App) -> usize {
         }
     };
     let mut n = 0;
-    for job in jobs {
-        // A panic or an error in one job fails that job, visibly, and the others go on.
-        let outcome =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| gate_job(app, &job)));
-        let failure = match outcome {
-            Ok(Ok(())) => {
-                n += 1;
-                continue;
+    let complete: Vec<&JobRecord> = jobs
+        .iter()
+        .filter(|j| j.state == JobState::Complete)
+        .collect();
+    for (i, job) in complete.iter().enumerate() {
+        let last = i + 1 == complete.len();
+        if let Some(pre) = guarded(app, job, "gate", || gate_job(app, job)).flatten() {
+            n += 1;
+            if last && app.store.pending_count() == 1 {
+                n += guarded(app, job, "segmentation", || infer_job(app, job, Some(pre)))
+                    .unwrap_or(false) as usize;
+                return n;
             }
-            Ok(Err(e)) => format!("gate could not run: {e:#}"),
-            Err(_) => "gate stopped on an internal error (panic); see the log".to_string(),
-        };
-        tracing::error!(job = %job.id, reason = %failure, "job failed");
-        app.metrics
-            .inc("scanside_jobs_failed_total", "stage=\"gate\"");
-        if let Err(e) = app.store.record_failure(&job.id, &failure) {
-            tracing::error!(job = %job.id, error = %e, "cannot record the failure");
         }
+    }
+    if let Some(job) = jobs.iter().find(|j| j.state == JobState::Gated) {
+        n += guarded(app, job, "segmentation", || infer_job(app, job, None)).unwrap_or(false)
+            as usize;
     }
     n
 }
 
-fn gate_job(app: &App, job: &JobRecord) -> anyhow::Result<()> {
+/// Runs one stage of one job. A panic or an error fails that job, visibly, and
+/// the others go on.
+fn guarded<T>(
+    app: &App,
+    job: &JobRecord,
+    stage: &str,
+    f: impl FnOnce() -> anyhow::Result<T>,
+) -> Option<T> {
+    let failure = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => return Some(v),
+        Ok(Err(e)) => format!("{stage} could not run: {e:#}"),
+        Err(_) => format!("{stage} stopped on an internal error (panic); see the log"),
+    };
+    tracing::error!(job = %job.id, reason = %failure, "job failed");
+    app.metrics
+        .inc("scanside_jobs_failed_total", &format!("stage=\"{stage}\""));
+    if let Err(e) = app.store.record_failure(&job.id, &failure) {
+        tracing::error!(job = %job.id, error = %e, "cannot record the failure");
+    }
+    None
+}
+
+/// What the gate hands on to segmentation: the decoded volume and its timings.
+struct Decoded {
+    volume: Volume,
+    decode_ms: u64,
+    gate_ms: u64,
+}
+
+/// Gates a complete job; returns the decoded volume when it passed.
+fn gate_job(app: &App, job: &JobRecord) -> anyhow::Result<Option<Decoded>> {
+    let t0 = Instant::now();
     let instances = app.store.instances_of_series(&job.series_instance_uid)?;
     let paths: Vec<_> = instances
         .iter()
         .map(|i| app.store.root().join(&i.path))
         .collect();
     let mut key = None;
-    let (decision, metrics) = gate::run_series(&paths, &app.config.gate, |h| {
+    let outcome = gate::run_series(&paths, &app.config.gate, |h| {
         let k = gate::scanner_key(h);
         let history = app.store.scanner_history(&k)?;
         key = Some((k, history.clone()));
         Ok(history)
     })?;
+    let (decision, metrics) = (outcome.decision, outcome.metrics);
     // Only accepted series teach the scanner's history what normal looks like.
     if let (true, Some(m), Some((k, h))) = (decision.passed, metrics, key) {
         let mut h: ScannerHistory = h.unwrap_or_default();
@@ -98,11 +136,22 @@ fn gate_job(app: &App, job: &JobRecord) -> anyhow::Result<()> {
         notice,
     )?;
     if !changed {
-        return Ok(());
+        return Ok(None);
     }
+    let total_ms = t0.elapsed().as_millis() as u64;
+    app.metrics.observe(
+        "scanside_stage_seconds",
+        "stage=\"gate\"",
+        total_ms as f64 / 1000.0,
+    );
     if decision.passed {
         app.metrics.inc("scanside_gate_passed_total", "");
         tracing::info!(job = %job.id, "gate passed");
+        return Ok(outcome.volume.map(|volume| Decoded {
+            volume,
+            decode_ms: outcome.decode_ms,
+            gate_ms: total_ms.saturating_sub(outcome.decode_ms),
+        }));
     } else {
         for c in &codes {
             app.metrics
@@ -110,7 +159,147 @@ fn gate_job(app: &App, job: &JobRecord) -> anyhow::Result<()> {
         }
         tracing::warn!(job = %job.id, codes = ?codes, "series refused by the gate");
     }
-    Ok(())
+    Ok(None)
+}
+
+/// Segments a gated job and records it `inferred`; Ok(false) when no model is
+/// loaded (the job waits) or the job moved on meanwhile.
+fn infer_job(app: &App, job: &JobRecord, pre: Option<Decoded>) -> anyhow::Result<bool> {
+    if !app.model.status().loaded {
+        return Ok(false);
+    }
+    let Some(job) = app.store.job(&job.id)? else {
+        return Ok(false);
+    };
+    if job.state != JobState::Gated {
+        return Ok(false);
+    }
+    let pre = match pre {
+        Some(p) => p,
+        None => decode(app, &job)?,
+    };
+    let vol = &pre.volume;
+    let Some(r) = app.model.with(|m| -> anyhow::Result<_> {
+        let seg = m.segment(vol)?;
+        Ok((
+            seg,
+            m.bundle.manifest.clone(),
+            m.bundle.sha256.clone(),
+            m.backend.name(),
+        ))
+    }) else {
+        return Ok(false);
+    };
+    let (seg, manifest, sha, backend) = r?;
+    let t_post = Instant::now();
+    let mut labels = seg.labels;
+    let g = measure::Grid {
+        dims: vol.dims,
+        spacing: vol.spacing,
+    };
+    let removed =
+        measure::remove_small_components(&mut labels, g, app.config.inference.min_component_ml);
+    let mut counts = vec![0u64; manifest.classes()];
+    for &l in &labels {
+        counts[l as usize] += 1;
+    }
+    let voxel_ml = vol.spacing.iter().product::<f64>() / 1000.0;
+    let ml =
+        |which: &[u8]| which.iter().map(|&l| counts[l as usize]).sum::<u64>() as f64 * voxel_ml;
+    let mut volumes = BTreeMap::new();
+    let tumour: Vec<u8> = (1..manifest.classes() as u8).collect();
+    volumes.insert("whole_tumour".to_string(), ml(&tumour));
+    if manifest.classes() == 4 {
+        // BraTS labels: 1 necrotic core, 2 oedema, 3 enhancing tumour.
+        volumes.insert("tumour_core".to_string(), ml(&[1, 3]));
+        volumes.insert("enhancing".to_string(), ml(&[3]));
+    }
+    for l in 1..manifest.classes() as u8 {
+        volumes.insert(manifest.label_name(l).replace(' ', "_"), ml(&[l]));
+    }
+    let nii = volume::nifti::labels_nii(
+        &labels,
+        &seg.grid,
+        &format!("scanside {} {}", manifest.name, manifest.version),
+    );
+    let labels_path =
+        app.store
+            .commit_labels(&job.study_instance_uid, &job.series_instance_uid, &nii)?;
+    let post_ms = seg.post_ms + t_post.elapsed().as_millis() as u64;
+    let mut stage_ms = BTreeMap::new();
+    stage_ms.insert("decode".to_string(), pre.decode_ms);
+    if pre.gate_ms > 0 {
+        stage_ms.insert("gate".to_string(), pre.gate_ms);
+    }
+    stage_ms.insert("resample".to_string(), seg.resample_ms);
+    stage_ms.insert("infer".to_string(), seg.infer_ms);
+    stage_ms.insert("post".to_string(), post_ms);
+    // The budget runs from "series complete" (the job's first state after received).
+    let since_complete = job
+        .history
+        .iter()
+        .find(|h| h.state == JobState::Complete)
+        .map(|h| crate::store::now_ms().saturating_sub(h.at_ms))
+        .unwrap_or(0);
+    let over = since_complete > app.config.budget.seconds * 1000;
+    let rec = InferenceRecord {
+        model: format!("{} {}", manifest.name, manifest.version),
+        model_sha256: sha,
+        backend,
+        labels_path,
+        voxel_counts: counts,
+        volumes_ml: volumes,
+        removed_components: removed,
+        stage_ms: stage_ms.clone(),
+        model_grid: seg.model_grid.dims,
+        patches: seg.patches,
+    };
+    if !app.store.record_inference(&job.id, rec, over)? {
+        return Ok(false);
+    }
+    for (stage, ms) in &stage_ms {
+        app.metrics.observe(
+            "scanside_stage_seconds",
+            &format!("stage=\"{stage}\""),
+            *ms as f64 / 1000.0,
+        );
+    }
+    app.metrics.observe(
+        "scanside_stage_seconds",
+        "stage=\"total\"",
+        since_complete as f64 / 1000.0,
+    );
+    app.metrics.inc("scanside_jobs_inferred_total", "");
+    if over {
+        app.metrics.inc("scanside_jobs_over_budget_total", "");
+        tracing::warn!(job = %job.id, ms = since_complete, budget_s = app.config.budget.seconds, "job over its time budget");
+    }
+    tracing::info!(job = %job.id, ?stage_ms, "segmented");
+    Ok(true)
+}
+
+/// Decodes a gated job's series again (after a restart).
+fn decode(app: &App, job: &JobRecord) -> anyhow::Result<Decoded> {
+    let instances = app.store.instances_of_series(&job.series_instance_uid)?;
+    if instances.len() as u64 != job.gate_instances && job.gate_instances != 0 {
+        anyhow::bail!("the series changed after it was gated");
+    }
+    let paths: Vec<_> = instances
+        .iter()
+        .map(|i| app.store.root().join(&i.path))
+        .collect();
+    let t = Instant::now();
+    let headers = paths
+        .iter()
+        .map(|p| gate::slice::SliceHeader::read(p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let refs: Vec<&std::path::Path> = paths.iter().map(|p| p.as_path()).collect();
+    let volume = volume::load(&refs, &headers)?;
+    Ok(Decoded {
+        volume,
+        decode_ms: t.elapsed().as_millis() as u64,
+        gate_ms: 0,
+    })
 }
 
 fn write_notice(

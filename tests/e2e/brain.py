@@ -118,6 +118,29 @@ def slices(vol, affine, orientation):
     return stack, iop, ipp
 
 
+def oblique_slices(vol, affine, degrees):
+    """An axial acquisition tilted by `degrees` about the left-right axis: the volume
+    resampled (trilinear) onto that grid, with its DICOM geometry (LPS)."""
+    t = np.deg2rad(degrees)
+    row = np.array([1.0, 0.0, 0.0])  # along a row: patient left
+    col = np.array([0.0, np.cos(t), np.sin(t)])  # down the rows: posterior, tilted
+    normal = np.cross(row, col)
+    to_lps = np.diag([-1, -1, 1, 1]) @ affine
+    corners = np.array([[i, j, k, 1.0] for i in (0, vol.shape[0] - 1) for j in (0, vol.shape[1] - 1) for k in (0, vol.shape[2] - 1)])
+    world = (to_lps @ corners.T)[:3].T
+    centre = world.mean(0)
+    ext = [np.ptp(world @ a) for a in (row, col, normal)]
+    n = [int(np.ceil(e)) + 1 for e in ext]  # 1 mm voxels covering the template
+    origin = centre - 0.5 * ((n[0] - 1) * row + (n[1] - 1) * col + (n[2] - 1) * normal)
+    s, r, c = np.meshgrid(np.arange(n[2]), np.arange(n[1]), np.arange(n[0]), indexing="ij")
+    p = origin + c[..., None] * row + r[..., None] * col + s[..., None] * normal
+    ijk = np.linalg.solve(to_lps, np.concatenate([p, np.ones(p.shape[:-1] + (1,))], -1).reshape(-1, 4).T)[:3]
+    stack = ndimage.map_coordinates(vol, ijk, order=1, mode="constant").reshape(n[2], n[1], n[0]).astype(np.float32)
+    iop = [*row, *col]
+    ipp = [list(origin + k * normal) for k in range(n[2])]
+    return stack, iop, ipp
+
+
 def write_series(out_dir, contrast="t1", orientation="axial", seed=0, slice_thickness=None,
                  noise=0.02, crop_slices=None, drop_slice=None, flip_one=False, localizer=False,
                  skull_strip=False, pixel_spacing=1.0, field_strength=3.0, matrix=None,
@@ -127,7 +150,10 @@ def write_series(out_dir, contrast="t1", orientation="axial", seed=0, slice_thic
     if skull_strip:
         _, gm, wm, _ = template()
         vol = vol * ((gm + wm) > 0.3)
-    stack, iop, ipp = slices(vol, affine, orientation)
+    if orientation.startswith("oblique"):  # "oblique" or "oblique:DEGREES"
+        stack, iop, ipp = oblique_slices(vol, affine, float(orientation.partition(":")[2] or 20))
+    else:
+        stack, iop, ipp = slices(vol, affine, orientation)
     seq, acq, tr, te, ti, desc = SEQUENCE[contrast]
     step = slice_thickness or (1.0 if acq == "3D" else 3.0)
     k = int(round(step))

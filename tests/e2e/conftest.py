@@ -14,6 +14,20 @@ BIN = os.environ.get("SCANSIDE_BIN", "scanside")
 os.environ["TCP_NODELAY"] = "1"
 
 
+def ort_library():
+    """libonnxruntime from the onnxruntime wheel (the daemon loads it at run time)."""
+    import glob
+    import onnxruntime
+    capi = os.path.join(os.path.dirname(onnxruntime.__file__), "capi")
+    libs = sorted(glob.glob(os.path.join(capi, "libonnxruntime.so*")))
+    assert libs, f"no libonnxruntime in {capi}"
+    return libs[0]
+
+
+def toml_str(v):
+    return json.dumps(str(v))
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -33,6 +47,7 @@ class Daemon:
             max_associations=8, read_timeout_s=30, max_pdu_length=65536,
             min_free_bytes=1 << 20, idle_timeout_s=60, release_quiet_s=1,
             peers=[("*", "127.0.0.1")], gate={},
+            inference={"backend": '"ort"', "ort_library": toml_str(ort_library())},
         )
         self.settings.update(overrides)
         self.proc = None
@@ -42,6 +57,7 @@ class Daemon:
     def write_config(self):
         s = self.settings
         gate = "".join(f"{k} = {v}\n" for k, v in s["gate"].items())
+        inference = "".join(f"{k} = {v}\n" for k, v in s["inference"].items())
         peers = "".join(
             f'[[dicom.allowed_peers]]\nae_title = "{ae}"\naddress = "{addr}"\n' for ae, addr in s["peers"])
         with open(self.config_path, "w") as f:
@@ -66,6 +82,8 @@ listen = "127.0.0.1:{self.http_port}"
 
 [gate]
 {gate}
+[inference]
+{inference}
 """)
 
     def start(self, env=None, wait=True, watchdog_pid=False):
@@ -108,6 +126,16 @@ listen = "127.0.0.1:{self.http_port}"
     def get_json(self, path):
         code, body = self.get(path)
         return code, json.loads(body)
+
+    def wait_model(self, timeout=60):
+        """/readyz once the model has loaded or failed to load."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            code, body = self.get_json("/readyz")
+            if body["model"]["loaded"] or body["model"]["error"]:
+                return code, body
+            time.sleep(0.1)
+        raise AssertionError(f"model neither loaded nor failed: {body}")
 
     def metrics(self):
         return self.get("/metrics")[1]

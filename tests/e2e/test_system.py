@@ -119,8 +119,8 @@ def test_http_errors_are_specific(daemon):
     assert code in (400, 404)
     code, body = daemon.get_json("/nope")
     assert code == 404 and "no such resource" in body["error"]
-    code, body = daemon.get_json("/readyz")
-    assert code == 200 and body["ready"] and body["store_open"]
+    code, body = daemon.wait_model()
+    assert code == 200 and body["ready"] and body["store_open"] and body["model_loaded"]
     m = daemon.metrics()
     for name in ["scanside_associations_accepted_total", "scanside_instances_stored_total",
                  "scanside_bytes_stored_total", "scanside_c_store_seconds_bucket",

@@ -25,6 +25,89 @@ pub struct Config {
     pub http: HttpConfig,
     #[serde(default)]
     pub gate: GateConfig,
+    #[serde(default)]
+    pub inference: InferenceConfig,
+    #[serde(default)]
+    pub budget: BudgetConfig,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    /// ONNX Runtime when its library loads, else tract
+    Auto,
+    /// ONNX Runtime only: a library that does not load is an error
+    Ort,
+    /// tract (pure Rust) only
+    Tract,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutionProvider {
+    Cpu,
+    Cuda,
+    Tensorrt,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct InferenceConfig {
+    /// auto | ort | tract
+    pub backend: BackendChoice,
+    /// Model bundle directory (manifest.toml, model.onnx, golden/); unset: the
+    /// model built into the binary.
+    pub model_dir: Option<PathBuf>,
+    /// libonnxruntime.so to load; unset: $ORT_DYLIB_PATH, else the loader's path.
+    pub ort_library: Option<PathBuf>,
+    /// ONNX Runtime execution provider: cpu | cuda | tensorrt.
+    pub execution_provider: ExecutionProvider,
+    /// When the configured execution provider does not load, run on the CPU
+    /// instead of refusing to load the model.
+    pub ep_fallback: bool,
+    /// TensorRT: build fp16 engines.
+    pub fp16: bool,
+    /// TensorRT engine and timing caches; unset: <data_dir>/engine-cache.
+    pub engine_cache_dir: Option<PathBuf>,
+    /// Threads for inference; 0: all cores.
+    pub threads: usize,
+    /// Sliding-window overlap; unset: the manifest's.
+    pub overlap: Option<f32>,
+    /// Mirroring test-time augmentation (8x the inference time).
+    pub mirror_tta: bool,
+    /// Connected tumour components smaller than this (mL) are removed.
+    pub min_component_ml: f64,
+}
+
+impl Default for InferenceConfig {
+    fn default() -> Self {
+        InferenceConfig {
+            backend: BackendChoice::Auto,
+            model_dir: None,
+            ort_library: None,
+            execution_provider: ExecutionProvider::Cpu,
+            ep_fallback: false,
+            fp16: true,
+            engine_cache_dir: None,
+            threads: 0,
+            overlap: None,
+            mirror_tta: false,
+            min_component_ml: 0.1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct BudgetConfig {
+    /// From "series complete" to "results committed"; a job past it is flagged.
+    pub seconds: u64,
+}
+
+impl Default for BudgetConfig {
+    fn default() -> Self {
+        BudgetConfig { seconds: 300 }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -393,6 +476,35 @@ impl Config {
         }
         if g.min_slices < 2 {
             err("gate.min_slices", "must be at least 2".into());
+        }
+        let inf = &self.inference;
+        if let Some(d) = &inf.model_dir {
+            if !d.join("manifest.toml").is_file() {
+                err(
+                    "inference.model_dir",
+                    format!("{} has no manifest.toml", d.display()),
+                );
+            }
+        }
+        if let Some(o) = inf.overlap {
+            if !(0.0..0.95).contains(&o) {
+                err(
+                    "inference.overlap",
+                    format!("must be in [0, 0.95), not {o}"),
+                );
+            }
+        }
+        if !(inf.min_component_ml.is_finite() && inf.min_component_ml >= 0.0) {
+            err("inference.min_component_ml", "must be a number >= 0".into());
+        }
+        if inf.execution_provider != ExecutionProvider::Cpu && inf.backend == BackendChoice::Tract {
+            err(
+                "inference.execution_provider",
+                "needs backend = \"ort\" or \"auto\"".into(),
+            );
+        }
+        if self.budget.seconds == 0 {
+            err("budget.seconds", "must be at least 1".into());
         }
         errs
     }

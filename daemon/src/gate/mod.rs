@@ -122,20 +122,41 @@ pub fn run_series(
     files: &[std::path::PathBuf],
     cfg: &GateConfig,
     history: impl FnOnce(&SliceHeader) -> anyhow::Result<Option<quality::ScannerHistory>>,
-) -> anyhow::Result<(Decision, Option<quality::Metrics>)> {
+) -> anyhow::Result<GateOutcome> {
     let headers = files
         .iter()
         .map(|p| SliceHeader::read(p))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut decision = evaluate(&headers, cfg);
     if !decision.passed {
-        return Ok((decision, None));
+        return Ok(GateOutcome {
+            decision,
+            metrics: None,
+            volume: None,
+            decode_ms: 0,
+        });
     }
     let refs: Vec<&std::path::Path> = files.iter().map(|p| p.as_path()).collect();
+    let t = std::time::Instant::now();
     let volume = crate::volume::load(&refs, &headers)?;
+    let decode_ms = t.elapsed().as_millis() as u64;
     let h = history(&headers[0])?;
     let m = evaluate_quality(&mut decision, &volume, cfg, h.as_ref());
-    Ok((decision, Some(m)))
+    Ok(GateOutcome {
+        decision,
+        metrics: Some(m),
+        volume: Some(volume),
+        decode_ms,
+    })
+}
+
+/// What the gate decided, and the decoded volume when it got that far (the
+/// segmentation uses it rather than decoding the series twice).
+pub struct GateOutcome {
+    pub decision: Decision,
+    pub metrics: Option<quality::Metrics>,
+    pub volume: Option<crate::volume::Volume>,
+    pub decode_ms: u64,
 }
 
 /// The key of a scanner's history: hashed, so no station name sits in the index.

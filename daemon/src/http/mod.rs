@@ -153,15 +153,19 @@ fn readyz(app: &App) -> Response<Body> {
     let store_ok = app.store.ping();
     let free = crate::sys::disk_free(app.store.root()).ok();
     let disk_ok = free.is_some_and(|f| f >= app.config.storage.min_free_bytes);
+    let model = app.model.status();
+    let ready = store_ok && disk_ok && model.loaded;
     let body = json!({
-        "ready": store_ok && disk_ok,
+        "ready": ready,
+        "model_loaded": model.loaded,
+        "model": model,
         "store_open": store_ok,
         "disk_ok": disk_ok,
         "disk_free_bytes": free,
         "min_free_bytes": app.config.storage.min_free_bytes,
         "open_series": app.series.open_count(),
     });
-    let status = if store_ok && disk_ok {
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

@@ -1,35 +1,46 @@
-//! Sliding-window inference over a volume, as nnU-Net does it: patches placed
-//! evenly with a given overlap, each patch's logits weighted by a Gaussian
-//! importance map (centre counts most), summed and normalised, optional mirroring
-//! test-time augmentation, argmax in Rust (models export no Softmax/ArgMax).
+//! Sliding-window inference over a volume, as MONAI's sliding_window_inference
+//! does it (the reference the tests hold it to): patches every
+//! int(patch * (1 - overlap)) voxels, the last one moved back inside the volume,
+//! each patch's logits weighted by a Gaussian importance map (sigma = patch / 8,
+//! clamped below at 1e-3), summed and normalised; a volume smaller than the patch
+//! is zero-padded symmetrically. Optional mirroring test-time augmentation; argmax
+//! in Rust (models export no Softmax/ArgMax).
 //!
 //! The model is any function from one input patch (channels x patch voxels) to its
 //! logits (classes x patch voxels); the backends (ONNX Runtime, tract) provide it.
 
 use anyhow::{bail, Result};
 
-/// Start offsets of patches of size `patch` covering `dim` with at least the given
-/// overlap fraction between neighbours (nnU-Net's compute_steps_for_sliding_window).
+/// Start offsets of the patches along one axis of `dim` voxels (`dim >= patch`),
+/// MONAI's _get_scan_interval + dense_patch_slices.
 pub fn tile_starts(dim: usize, patch: usize, overlap: f32) -> Vec<usize> {
     if dim <= patch {
         return vec![0];
     }
-    let step = ((patch as f32) * (1.0 - overlap.clamp(0.0, 0.95))).max(1.0);
-    let n = (((dim - patch) as f32) / step).ceil() as usize + 1;
-    let span = (dim - patch) as f64;
-    (0..n)
-        .map(|i| ((span * i as f64) / (n - 1) as f64).round() as usize)
-        .collect()
+    let interval = ((patch as f64 * (1.0 - overlap as f64)) as usize).max(1);
+    let mut starts = Vec::new();
+    let mut d = 0;
+    loop {
+        let s = d * interval;
+        starts.push(s.min(dim - patch));
+        if s + patch >= dim {
+            return starts;
+        }
+        d += 1;
+    }
 }
 
-/// Gaussian importance map over a patch: sigma = patch / 8 per axis, peak 1, and no
-/// zero weight anywhere (so every voxel a patch covers gets a prediction).
+/// Gaussian importance map over a patch as MONAI computes it: centred at
+/// (n - 1) / 2, sigma = n / 8 per axis, product of the axes in f32, peak 1, and
+/// clamped below at max(min, 1e-3) so far corners still count a little.
 pub fn gaussian_importance(patch: [usize; 3]) -> Vec<f32> {
-    let axis = |n: usize| -> Vec<f64> {
-        let c = (n as f64 - 1.0) / 2.0;
-        let s = n as f64 / 8.0;
+    let axis = |n: usize| -> Vec<f32> {
+        let s = n as f32 * 0.125;
         (0..n)
-            .map(|i| (-((i as f64 - c).powi(2)) / (2.0 * s * s)).exp())
+            .map(|i| {
+                let x = i as f32 - (n as f32 - 1.0) / 2.0;
+                (x * x / (-2.0 * s * s)).exp()
+            })
             .collect()
     };
     let (a, b, c) = (axis(patch[0]), axis(patch[1]), axis(patch[2]));
@@ -37,19 +48,13 @@ pub fn gaussian_importance(patch: [usize; 3]) -> Vec<f32> {
     for x in &a {
         for y in &b {
             for z in &c {
-                w.push((x * y * z) as f32);
+                w.push(x * y * z);
             }
         }
     }
-    let min_pos = w
-        .iter()
-        .copied()
-        .filter(|&v| v > 0.0)
-        .fold(f32::MAX, f32::min);
+    let floor = w.iter().copied().fold(f32::MAX, f32::min).max(1e-3);
     for v in &mut w {
-        if *v <= 0.0 {
-            *v = min_pos;
-        }
+        *v = v.max(floor);
     }
     w
 }
@@ -145,6 +150,9 @@ impl Window {
             );
         }
         let p = self.patch;
+        if dims.iter().zip(p).any(|(d, p)| *d < p) {
+            return self.run_padded(input, channels, dims, model);
+        }
         let pv = p[0] * p[1] * p[2];
         let weight = gaussian_importance(p);
         let mut acc = vec![0f32; self.classes * dv];
@@ -186,6 +194,50 @@ impl Window {
     }
 }
 
+impl Window {
+    /// MONAI pads a volume smaller than the patch with zeros, half before and half
+    /// after, runs the window on that and crops the result back.
+    fn run_padded(
+        &self,
+        input: &[f32],
+        channels: usize,
+        dims: [usize; 3],
+        model: impl FnMut(&[f32]) -> Result<Vec<f32>>,
+    ) -> Result<Vec<f32>> {
+        let padded = [0, 1, 2].map(|a| dims[a].max(self.patch[a]));
+        let lo = [0, 1, 2].map(|a| (padded[a] - dims[a]) / 2);
+        let (dv, pv) = (
+            dims.iter().product::<usize>(),
+            padded.iter().product::<usize>(),
+        );
+        let offset = |z: usize, y: usize, x: usize| {
+            ((z + lo[0]) * padded[1] + y + lo[1]) * padded[2] + x + lo[2]
+        };
+        let mut big = vec![0f32; channels * pv];
+        for c in 0..channels {
+            for z in 0..dims[0] {
+                for y in 0..dims[1] {
+                    let src = c * dv + (z * dims[1] + y) * dims[2];
+                    let dst = c * pv + offset(z, y, 0);
+                    big[dst..dst + dims[2]].copy_from_slice(&input[src..src + dims[2]]);
+                }
+            }
+        }
+        let out = self.run(&big, channels, padded, model)?;
+        let mut crop = vec![0f32; self.classes * dv];
+        for c in 0..self.classes {
+            for z in 0..dims[0] {
+                for y in 0..dims[1] {
+                    let dst = c * dv + (z * dims[1] + y) * dims[2];
+                    let src = c * pv + offset(z, y, 0);
+                    crop[dst..dst + dims[2]].copy_from_slice(&out[src..src + dims[2]]);
+                }
+            }
+        }
+        Ok(crop)
+    }
+}
+
 /// Label of the largest logit per voxel (logits are classes x voxels).
 pub fn argmax(logits: &[f32], classes: usize) -> Vec<u8> {
     let n = logits.len() / classes.max(1);
@@ -211,9 +263,8 @@ mod tests {
         assert_eq!(tile_starts(64, 64, 0.5), vec![0]);
         assert_eq!(tile_starts(40, 64, 0.5), vec![0]);
         assert_eq!(tile_starts(128, 64, 0.5), vec![0, 32, 64]);
-        let s = tile_starts(100, 32, 0.5);
-        assert_eq!((s[0], *s.last().unwrap()), (0, 68));
-        assert!(s.windows(2).all(|w| w[1] - w[0] <= 16), "{s:?}");
+        assert_eq!(tile_starts(100, 64, 0.5), vec![0, 32, 36]);
+        assert_eq!(tile_starts(100, 32, 0.25), vec![0, 24, 48, 68]);
     }
 
     #[test]
@@ -221,8 +272,9 @@ mod tests {
         let w = gaussian_importance([9, 9, 9]);
         let centre = w[(4 * 9 + 4) * 9 + 4];
         assert!((centre - 1.0).abs() < 1e-6);
-        assert!(w.iter().all(|&v| v > 0.0 && v <= centre));
+        assert!(w.iter().all(|&v| v >= 1e-3 && v <= centre));
         assert!(w[0] < 0.01);
+        assert_eq!(gaussian_importance([64, 64, 64])[0], 1e-3);
     }
 
     /// A voxel-wise "model": class 1 scores the input, class 0 scores 0.5. Whatever

@@ -11,7 +11,9 @@ pub use files::{
     attr_text, hash_ref, parse_header, valid_uid, write_part10_header, InstanceHeader,
 };
 pub use files::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
-pub use records::{JobRecord, JobState, ResultRecord, SeriesRecord, SeriesState, StoredInstance};
+pub use records::{
+    InferenceRecord, JobRecord, JobState, ResultRecord, SeriesRecord, SeriesState, StoredInstance,
+};
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -78,6 +80,7 @@ impl Store {
             .with_context(|| format!("cannot create {}", root.join("spool").display()))?;
         fs::create_dir_all(root.join("tmp"))?;
         fs::create_dir_all(root.join("results"))?;
+        fs::create_dir_all(root.join("labels"))?;
         let mut report = OpenReport::default();
         report.tmp_files_removed = clear_dir(&root.join("tmp"))?;
 
@@ -273,7 +276,7 @@ impl Store {
         self.pending.len()
     }
 
-    /// Jobs waiting in `complete`, oldest first.
+    /// Jobs with work waiting (`complete`, `gated`), oldest first.
     pub fn pending_jobs(&self) -> Result<Vec<JobRecord>> {
         let mut v = Vec::new();
         for k in self.pending.iter().keys() {
@@ -297,7 +300,7 @@ impl Store {
             }
         }
         for j in all_json::<JobRecord>(&self.jobs)? {
-            if j.state == JobState::Complete {
+            if matches!(j.state, JobState::Complete | JobState::Gated) {
                 self.pending.insert(j.id.as_bytes(), &[][..])?;
             }
         }
@@ -394,6 +397,7 @@ impl Store {
                 } else {
                     JobState::Rejected
                 };
+                j.gate_instances = gated_instances;
                 j.gate = Some(decision.clone());
                 j.notice_sop_instance_uid = notice.clone();
                 j.history.push(records::StateChange {
@@ -402,6 +406,77 @@ impl Store {
                     note: Some(note.clone()),
                 });
                 jobs.insert(id.as_bytes(), serde_json::to_vec(&j).map_err(abort)?)?;
+                // A gated job still has work waiting (inference).
+                if !passed {
+                    pending.remove(id.as_bytes())?;
+                }
+                Ok(true)
+            });
+        let changed = res.map_err(txn_error)?;
+        self.sync()?;
+        Ok(changed)
+    }
+
+    /// Writes a job's label volume (NIfTI bytes) to labels/<study>/<series>.nii with
+    /// the durability rule of received files; the same job again replaces it.
+    pub fn commit_labels(&self, study_uid: &str, series_uid: &str, bytes: &[u8]) -> Result<String> {
+        for uid in [study_uid, series_uid] {
+            if !valid_uid(uid) {
+                return Err(anyhow!("invalid UID {uid:?}"));
+            }
+        }
+        let labels = self.root.join("labels");
+        let dir = labels.join(study_uid);
+        create_dir_durable(&dir, &labels)?;
+        let tmp = self
+            .tmp_dir()
+            .join(format!("labels-{}.part", hash_ref(series_uid)));
+        {
+            use std::io::Write;
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+        }
+        let dest = dir.join(format!("{series_uid}.nii"));
+        fs::rename(&tmp, &dest)?;
+        fsync_dir(&dir)?;
+        Ok(dest
+            .strip_prefix(&self.root)
+            .expect("under root")
+            .to_string_lossy()
+            .into_owned())
+    }
+
+    /// Moves a gated job to `inferred` with what inference produced. Returns false
+    /// (and changes nothing) when the job is no longer gated: the series reopened
+    /// or the step was already done.
+    pub fn record_inference(
+        &self,
+        id: &str,
+        rec: records::InferenceRecord,
+        over_budget: bool,
+    ) -> Result<bool> {
+        let now = now_ms();
+        let res: Result<bool, TransactionError<anyhow::Error>> = (&self.jobs, &self.pending)
+            .transaction(|(jobs, pending)| {
+                let abort = |e: serde_json::Error| ConflictableTransactionError::Abort(anyhow!(e));
+                let Some(v) = jobs.get(id.as_bytes())? else {
+                    return Ok(false);
+                };
+                let mut j: JobRecord = serde_json::from_slice(&v).map_err(abort)?;
+                if j.state != JobState::Gated {
+                    return Ok(false);
+                }
+                j.state = JobState::Inferred;
+                j.over_budget = over_budget;
+                j.history.push(records::StateChange {
+                    state: JobState::Inferred,
+                    at_ms: now,
+                    note: Some(format!("{} on {}", rec.model, rec.backend)),
+                });
+                j.inference = Some(rec.clone());
+                jobs.insert(id.as_bytes(), serde_json::to_vec(&j).map_err(abort)?)?;
+                // Until results are written by their own stage, inferred is the last step.
                 pending.remove(id.as_bytes())?;
                 Ok(true)
             });

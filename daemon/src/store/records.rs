@@ -161,6 +161,35 @@ pub struct JobRecord {
     /// The "not processed" notice written for a refused series.
     #[serde(default)]
     pub notice_sop_instance_uid: Option<String>,
+    /// How many instances the gate saw (a series that grew since is gated again).
+    #[serde(default)]
+    pub gate_instances: u64,
+    /// What inference produced, once inferred.
+    #[serde(default)]
+    pub inference: Option<InferenceRecord>,
+    /// The job took longer than [budget] seconds from series completion.
+    #[serde(default)]
+    pub over_budget: bool,
+}
+
+/// The segmentation of one series: where the labels are and what they count.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InferenceRecord {
+    /// name and version from the manifest
+    pub model: String,
+    pub model_sha256: String,
+    pub backend: String,
+    /// NIfTI label volume on the series grid, relative to the data dir
+    pub labels_path: String,
+    /// voxels per label value (index = label)
+    pub voxel_counts: Vec<u64>,
+    /// mL per region: whole_tumour, tumour_core, enhancing, and each label's name
+    pub volumes_ml: std::collections::BTreeMap<String, f64>,
+    pub removed_components: usize,
+    /// decode, gate, resample, infer, post (ms)
+    pub stage_ms: std::collections::BTreeMap<String, u64>,
+    pub model_grid: [usize; 3],
+    pub patches: usize,
 }
 
 /// An object the box produced (notice, and later SEG, SR, trend picture).
@@ -209,6 +238,9 @@ impl JobRecord {
             ],
             gate: None,
             notice_sop_instance_uid: None,
+            gate_instances: 0,
+            inference: None,
+            over_budget: false,
         }
     }
 

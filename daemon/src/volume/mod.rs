@@ -3,6 +3,7 @@
 //! Enhanced MR contributes one slice per frame. `resample` moves images and labels
 //! between the source grid and a model grid.
 
+pub mod nifti;
 pub mod resample;
 
 use std::path::Path;
