@@ -257,7 +257,8 @@ fn infer_job(app: &App, job: &JobRecord, pre: Option<Decoded>) -> anyhow::Result
     if !app.store.record_inference(&job.id, rec, over)? {
         return Ok(false);
     }
-    for (stage, ms) in &stage_ms {
+    // The gate's time was observed when it decided.
+    for (stage, ms) in stage_ms.iter().filter(|(s, _)| s.as_str() != "gate") {
         app.metrics.observe(
             "scanside_stage_seconds",
             &format!("stage=\"{stage}\""),

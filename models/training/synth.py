@@ -2,7 +2,7 @@
 
 Anatomy comes from the MNI ICBM152 2009a template shipped in nilearn's wheel (its
 T1, grey- and white-matter maps). Each case draws: a random affine and elastic
-deformation, a random contrast (tissue intensities, 70% of the time near T1/T1c/T2/
+deformation, a random contrast (tissue intensities, 90% of the time near T1/T1c/T2/
 FLAIR, otherwise anything that keeps the tumour visible), one or two tumours
 with necrotic core / enhancing rim / oedema of random size and shape, a bias field,
 resolution loss along a random axis, blur and Rician noise.
@@ -101,7 +101,7 @@ PRESETS = {  # wm, gm, csf, other, necrosis, enhancing, oedema
 
 
 def _contrast(rng):
-    if rng.random() < 0.7:
+    if rng.random() < 0.9:
         base = np.array(PRESETS[rng.choice(list(PRESETS))])
         mu = np.clip(base * rng.uniform(0.85, 1.15, 7), 0.02, 2.0)
     else:

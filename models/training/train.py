@@ -181,6 +181,8 @@ def manifest(out, name, version, metrics, golden_info, sha, args, train_s):
         'deformation, tumours with necrotic core, enhancing rim and oedema, bias field, resolution loss, Rician noise"',
         f"cases = {args.cases}",
         f"iterations = {args.iterations}",
+        f"continued_from = {toml_value(os.path.basename(args.init) if args.init else '')}",
+        f"previous_iterations = {args.previous_iterations}",
         f"batch = {args.batch}",
         f"seconds = {int(train_s)}",
         'recipe = "models/training/train.py"',
@@ -209,23 +211,35 @@ def main():
     ap.add_argument("--iterations", type=int, default=5000)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--init", help="continue from these weights (a .pt this script saved)")
+    ap.add_argument("--max-lr", type=float, default=3e-3)
+    ap.add_argument("--previous-iterations", type=int, default=0, help="iterations behind --init (for the manifest)")
     args = ap.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    rng = np.random.default_rng(0)
+    # A continued run draws other patches than the run it continues.
+    rng = np.random.default_rng(1 if args.init else 0)
     t0 = time.time()
     train = cases(range(args.cases), args.threads)
     held_out = cases(range(EVAL_SEED0, EVAL_SEED0 + args.eval_cases), args.threads)
     print(f"data: {len(train)} + {len(held_out)} cases in {time.time() - t0:.0f} s", flush=True)
     net = network()
+    if args.init:
+        net.load_state_dict(torch.load(args.init))
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=args.iterations, pct_start=0.02)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.max_lr, total_steps=args.iterations, pct_start=0.02)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
     t1 = time.time()
     for it in range(args.iterations):
         net.train()
         x, y = sample(rng, train, args.batch)
-        loss = loss_fn(net(x), y)
+        out = net(x)
+        # Whole tumour (not background) as its own Dice term: the figure the
+        # daemon reports first, and the label the small compartments sit in.
+        p_wt = 1 - torch.softmax(out, 1)[:, 0]
+        t_wt = (y[:, 0] > 0).float()
+        wt_dice = 1 - (2 * (p_wt * t_wt).sum() + 1) / (p_wt.sum() + t_wt.sum() + 1)
+        loss = loss_fn(out, y) + wt_dice
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -129,13 +129,20 @@ def oblique_slices(vol, affine, degrees):
     corners = np.array([[i, j, k, 1.0] for i in (0, vol.shape[0] - 1) for j in (0, vol.shape[1] - 1) for k in (0, vol.shape[2] - 1)])
     world = (to_lps @ corners.T)[:3].T
     centre = world.mean(0)
-    ext = [np.ptp(world @ a) for a in (row, col, normal)]
-    n = [int(np.ceil(e)) + 1 for e in ext]  # 1 mm voxels covering the template
+    # The axial field of view, tilted: 1 mm voxels, as many as the template has.
+    # (Covering the whole rotated template would cut the neck at the template's
+    # edge inside the image, a sharp artificial boundary no scanner produces.)
+    n = [vol.shape[0], vol.shape[1], vol.shape[2]]
     origin = centre - 0.5 * ((n[0] - 1) * row + (n[1] - 1) * col + (n[2] - 1) * normal)
     s, r, c = np.meshgrid(np.arange(n[2]), np.arange(n[1]), np.arange(n[0]), indexing="ij")
     p = origin + c[..., None] * row + r[..., None] * col + s[..., None] * normal
     ijk = np.linalg.solve(to_lps, np.concatenate([p, np.ones(p.shape[:-1] + (1,))], -1).reshape(-1, 4).T)[:3]
-    stack = ndimage.map_coordinates(vol, ijk, order=1, mode="constant").reshape(n[2], n[1], n[0]).astype(np.float32)
+    stack = ndimage.map_coordinates(vol, ijk, order=1, mode="constant", cval=np.nan).reshape(n[2], n[1], n[0])
+    # Outside the template a scanner still sees background noise, not zeros.
+    bg = vol[:8, :8, :8].ravel()
+    gap = np.isnan(stack)
+    stack[gap] = np.random.default_rng(int(degrees * 10)).choice(bg, size=int(gap.sum()))
+    stack = stack.astype(np.float32)
     iop = [*row, *col]
     ipp = [list(origin + k * normal) for k in range(n[2])]
     return stack, iop, ipp

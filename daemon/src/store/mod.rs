@@ -55,6 +55,12 @@ pub struct Store {
     pending: sled::Tree,
 }
 
+/// What a job transition did.
+enum Step {
+    Unchanged { drop_pending: bool },
+    Changed { keep_pending: bool },
+}
+
 /// What opening the store found and did, for the log and the status API.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct OpenReport {
@@ -378,6 +384,38 @@ impl Store {
         notice: Option<String>,
     ) -> Result<bool> {
         let now = now_ms();
+        self.transition(id, |j| {
+            if j.state != JobState::Complete {
+                return Step::Unchanged { drop_pending: true };
+            }
+            if j.instance_count != gated_instances {
+                return Step::Unchanged {
+                    drop_pending: false,
+                };
+            }
+            j.state = if passed {
+                JobState::Gated
+            } else {
+                JobState::Rejected
+            };
+            j.gate_instances = gated_instances;
+            j.gate = Some(decision.clone());
+            j.notice_sop_instance_uid = notice.clone();
+            j.history.push(records::StateChange {
+                state: j.state,
+                at_ms: now,
+                note: Some(note.clone()),
+            });
+            // A gated job still has work waiting (inference).
+            Step::Changed {
+                keep_pending: passed,
+            }
+        })
+    }
+
+    /// One job state change in a transaction with the pending set, then synced.
+    /// Returns whether the job changed.
+    fn transition(&self, id: &str, f: impl Fn(&mut JobRecord) -> Step) -> Result<bool> {
         let res: Result<bool, TransactionError<anyhow::Error>> = (&self.jobs, &self.pending)
             .transaction(|(jobs, pending)| {
                 let abort = |e: serde_json::Error| ConflictableTransactionError::Abort(anyhow!(e));
@@ -385,32 +423,21 @@ impl Store {
                     return Ok(false);
                 };
                 let mut j: JobRecord = serde_json::from_slice(&v).map_err(abort)?;
-                if j.state != JobState::Complete {
-                    pending.remove(id.as_bytes())?;
-                    return Ok(false);
+                match f(&mut j) {
+                    Step::Unchanged { drop_pending } => {
+                        if drop_pending {
+                            pending.remove(id.as_bytes())?;
+                        }
+                        Ok(false)
+                    }
+                    Step::Changed { keep_pending } => {
+                        jobs.insert(id.as_bytes(), serde_json::to_vec(&j).map_err(abort)?)?;
+                        if !keep_pending {
+                            pending.remove(id.as_bytes())?;
+                        }
+                        Ok(true)
+                    }
                 }
-                if j.instance_count != gated_instances {
-                    return Ok(false);
-                }
-                j.state = if passed {
-                    JobState::Gated
-                } else {
-                    JobState::Rejected
-                };
-                j.gate_instances = gated_instances;
-                j.gate = Some(decision.clone());
-                j.notice_sop_instance_uid = notice.clone();
-                j.history.push(records::StateChange {
-                    state: j.state,
-                    at_ms: now,
-                    note: Some(note.clone()),
-                });
-                jobs.insert(id.as_bytes(), serde_json::to_vec(&j).map_err(abort)?)?;
-                // A gated job still has work waiting (inference).
-                if !passed {
-                    pending.remove(id.as_bytes())?;
-                }
-                Ok(true)
             });
         let changed = res.map_err(txn_error)?;
         self.sync()?;
@@ -457,32 +484,25 @@ impl Store {
         over_budget: bool,
     ) -> Result<bool> {
         let now = now_ms();
-        let res: Result<bool, TransactionError<anyhow::Error>> = (&self.jobs, &self.pending)
-            .transaction(|(jobs, pending)| {
-                let abort = |e: serde_json::Error| ConflictableTransactionError::Abort(anyhow!(e));
-                let Some(v) = jobs.get(id.as_bytes())? else {
-                    return Ok(false);
+        self.transition(id, |j| {
+            if j.state != JobState::Gated {
+                return Step::Unchanged {
+                    drop_pending: false,
                 };
-                let mut j: JobRecord = serde_json::from_slice(&v).map_err(abort)?;
-                if j.state != JobState::Gated {
-                    return Ok(false);
-                }
-                j.state = JobState::Inferred;
-                j.over_budget = over_budget;
-                j.history.push(records::StateChange {
-                    state: JobState::Inferred,
-                    at_ms: now,
-                    note: Some(format!("{} on {}", rec.model, rec.backend)),
-                });
-                j.inference = Some(rec.clone());
-                jobs.insert(id.as_bytes(), serde_json::to_vec(&j).map_err(abort)?)?;
-                // Until results are written by their own stage, inferred is the last step.
-                pending.remove(id.as_bytes())?;
-                Ok(true)
+            }
+            j.state = JobState::Inferred;
+            j.over_budget = over_budget;
+            j.history.push(records::StateChange {
+                state: JobState::Inferred,
+                at_ms: now,
+                note: Some(format!("{} on {}", rec.model, rec.backend)),
             });
-        let changed = res.map_err(txn_error)?;
-        self.sync()?;
-        Ok(changed)
+            j.inference = Some(rec.clone());
+            // Until results are written by their own stage, inferred is the last step.
+            Step::Changed {
+                keep_pending: false,
+            }
+        })
     }
 
     /// Moves a produced object (fsynced tmp file) into results/<study>/<series>/ and
