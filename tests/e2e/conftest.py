@@ -95,10 +95,21 @@ listen = "127.0.0.1:{self.http_port}"
         if watchdog_pid:
             # systemd sets WATCHDOG_PID to the service's pid; exec keeps the shell's.
             argv = ["sh", "-c", 'WATCHDOG_PID=$$ exec "$0" "$@"'] + argv
-        self.proc = subprocess.Popen(argv,
-                                     stdout=self.log, stderr=subprocess.STDOUT, env=e)
-        if wait:
-            self.wait_ready()
+        for attempt in range(3):
+            self.proc = subprocess.Popen(argv,
+                                         stdout=self.log, stderr=subprocess.STDOUT, env=e)
+            if not wait:
+                return self
+            try:
+                self.wait_ready()
+                return self
+            except RuntimeError:
+                # A port free_port() found can be taken by another process before the
+                # daemon binds it: pick new ones and start again.
+                if attempt == 2 or "Address already in use" not in self.read_log():
+                    raise
+                self.port, self.http_port = free_port(), free_port()
+                self.write_config()
         return self
 
     def wait_ready(self, timeout=30):

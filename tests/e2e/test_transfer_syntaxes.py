@@ -19,7 +19,7 @@ CLAIMED = re.findall(r'^\s*"([0-9.]+)",\s*//', open(SOP).read(), re.M)
 STORAGE_CLASSES = re.findall(r'\("([0-9.]+)", "[^"]+"\)', open(SOP).read())
 
 
-def test_file_sets():
+def pydicom_files():
     files = glob.glob(os.path.join(os.path.dirname(pydicom.__file__), "data", "test_files", "**", "*.dcm"), recursive=True)
     try:
         import data_store
@@ -41,7 +41,7 @@ def test_file_sets():
     return out
 
 
-FILES = test_file_sets()
+FILES = pydicom_files()
 # Files the packages ship deliberately broken (their names say so).
 BROKEN = re.compile(r"truncated|too_short|bad_sequence|pixelrep_mismatch|badVR|embedded-sequence", re.I)
 # Package files whose UIDs break PS3.5 (longer than 64 characters): refused with C001.
