@@ -50,9 +50,9 @@ def _smooth_field(rng, shape, n=4):
 
 
 def _deform(rng, arrays):
-    """Random rotation (+-12 deg), scaling, shift and an elastic displacement."""
+    """Random rotation (+-20 deg), scaling, shift and an elastic displacement."""
     shape = arrays[0].shape
-    ang = np.deg2rad(rng.uniform(-12, 12, 3))
+    ang = np.deg2rad(rng.uniform(-20, 20, 3))
     rot = np.eye(3)
     for ax, a in enumerate(ang):
         c, s = np.cos(a), np.sin(a)
