@@ -184,25 +184,6 @@ impl Model {
         Ok((out, patches))
     }
 
-    /// Runs the golden case; returns the voxel count per label and whether they
-    /// agree with the manifest's (within `tolerance` of the voxels, per label).
-    pub fn golden(&mut self, tolerance: f64) -> Result<(Vec<u64>, bool)> {
-        let shape = self.bundle.manifest.golden.shape;
-        let input = self.bundle.golden_input.clone();
-        let (logits, _) = self.logits(&input, shape)?;
-        let labels = window::argmax(&logits, self.bundle.manifest.classes());
-        let mut counts = vec![0u64; self.bundle.manifest.classes()];
-        for l in labels {
-            counts[l as usize] += 1;
-        }
-        let n = input.len() as f64;
-        let ok = counts
-            .iter()
-            .zip(&self.bundle.manifest.golden.voxel_counts)
-            .all(|(&a, &b)| (a as f64 - b as f64).abs() <= tolerance * n);
-        Ok((counts, ok))
-    }
-
     /// Segments one series volume; labels come back on its own grid.
     pub fn segment(&mut self, vol: &Volume) -> Result<Segmentation> {
         let m = &self.bundle.manifest;
