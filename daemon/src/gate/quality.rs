@@ -431,6 +431,7 @@ mod tests {
             row_dir: [1.0, 0.0, 0.0],
             col_dir: [0.0, 1.0, 0.0],
             normal: [0.0, 0.0, 1.0],
+            slices: Vec::new(),
         }
     }
 

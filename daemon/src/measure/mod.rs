@@ -1,11 +1,17 @@
 //! Measurements on a label volume on the source grid: connected components,
-//! small-component removal, and per-region volume, voxel count and diameters
-//! (the largest axial diameter, the longest one perpendicular to it in the same
-//! slice, their bidimensional product as RANO uses it, and the through-plane
-//! extent). Not wired into the pipeline yet: the segmentation issue produces the
-//! labels, the results issue reports these figures.
+//! small-component removal, and per-region volume, voxel count and the three
+//! orthogonal diameters (the largest axial diameter, the longest one perpendicular
+//! to it in the same axial slice, and the craniocaudal extent) with the largest
+//! axial bidimensional product as RANO uses it. Volumes are counted on the source
+//! grid; diameters on axial planes of the patient (a sagittal or oblique series is
+//! resampled, nearest neighbour, to a patient-aligned grid first). `history`
+//! sets a visit against the patient's earlier ones.
 
-use serde::Serialize;
+pub mod history;
+
+use serde::{Deserialize, Serialize};
+
+use crate::volume::resample;
 
 /// Voxel grid: dims = [slices, rows, cols], spacing in mm along each.
 #[derive(Debug, Clone, Copy)]
@@ -85,7 +91,7 @@ pub fn remove_small_components(labels: &mut [u8], g: Grid, min_ml: f64) -> usize
     small.iter().filter(|&&s| s).count()
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RegionStats {
     pub voxels: usize,
     pub volume_ml: f64,
@@ -95,8 +101,9 @@ pub struct RegionStats {
     pub perpendicular_diameter_mm: f64,
     /// Their product (RANO bidimensional product), mm^2, on the slice where it is largest.
     pub bidimensional_product_mm2: f64,
-    /// Extent across slices, mm.
-    pub through_plane_extent_mm: f64,
+    /// Extent across axial slices (craniocaudal), mm.
+    pub craniocaudal_extent_mm: f64,
+    /// Spacing of the grid the diameters were measured on (z, y, x), mm.
     pub spacing_mm: [f64; 3],
 }
 
@@ -168,13 +175,106 @@ pub fn region_stats(labels: &[u8], g: Grid, region: &[u8]) -> RegionStats {
         max_axial_diameter_mm: best_d1,
         perpendicular_diameter_mm: best_d2,
         bidimensional_product_mm2: best_product,
-        through_plane_extent_mm: if s_min == usize::MAX {
+        craniocaudal_extent_mm: if s_min == usize::MAX {
             0.0
         } else {
             (s_max - s_min + 1) as f64 * g.spacing[0]
         },
         spacing_mm: g.spacing,
     }
+}
+
+/// A region reported on: the whole tumour (every non-zero label) or one label.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Region {
+    /// whole_tumour, or the label's name with '_' for ' ' (e.g. enhancing_tumour)
+    pub key: String,
+    /// The label's name as the manifest says it (e.g. "enhancing tumour").
+    pub name: String,
+    /// Label values inside the region.
+    pub values: Vec<u8>,
+}
+
+/// The regions of a model: the whole tumour first, then each label but background.
+pub fn regions(label_names: &[(u8, String)]) -> Vec<Region> {
+    let mut out = vec![Region {
+        key: "whole_tumour".into(),
+        name: "whole tumour".into(),
+        values: label_names
+            .iter()
+            .map(|(v, _)| *v)
+            .filter(|&v| v > 0)
+            .collect(),
+    }];
+    for (v, n) in label_names.iter().filter(|(v, _)| *v > 0) {
+        out.push(Region {
+            key: n.replace(' ', "_"),
+            name: n.clone(),
+            values: vec![*v],
+        });
+    }
+    out
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RegionMeasurement {
+    pub region: Region,
+    /// Voxel count and volume on the source grid (the series' own spacing).
+    pub voxels: usize,
+    pub volume_ml: f64,
+    pub source_spacing_mm: [f64; 3],
+    pub stats: RegionStats,
+}
+
+/// Measures every region of `labels` (on the source grid `g`).
+pub fn measure(labels: &[u8], g: &resample::Grid, regions: &[Region]) -> Vec<RegionMeasurement> {
+    let (axial, ag) = axial_labels(labels, g);
+    let voxel_ml = g.spacing.iter().product::<f64>() / 1000.0;
+    regions
+        .iter()
+        .map(|r| {
+            let voxels = labels.iter().filter(|l| r.values.contains(l)).count();
+            RegionMeasurement {
+                region: r.clone(),
+                voxels,
+                volume_ml: voxels as f64 * voxel_ml,
+                source_spacing_mm: g.spacing,
+                stats: region_stats(&axial, ag, &r.values),
+            }
+        })
+        .collect()
+}
+
+/// The labels on axial planes: the source grid itself when its axes are the
+/// patient's (up to sign), else resampled to a patient-aligned grid whose spacing
+/// per axis is that of the source axis closest to it.
+fn axial_labels<'a>(labels: &'a [u8], g: &resample::Grid) -> (std::borrow::Cow<'a, [u8]>, Grid) {
+    // Grid axes are (slice, row, col); aligned means slice ~ z, row ~ y, col ~ x.
+    let aligned = (0..3).all(|a| g.axes[a][2 - a].abs() > 0.999);
+    if aligned {
+        return (
+            std::borrow::Cow::Borrowed(labels),
+            Grid {
+                dims: g.dims,
+                spacing: g.spacing,
+            },
+        );
+    }
+    let spacing = [2usize, 1, 0].map(|d| {
+        let a = (0..3)
+            .max_by(|&a, &b| g.axes[a][d].abs().total_cmp(&g.axes[b][d].abs()))
+            .expect("three axes");
+        g.spacing[a]
+    });
+    let to = g.aligned_cover(spacing);
+    let out = resample::resample_labels(labels, g, &to);
+    (
+        std::borrow::Cow::Owned(out),
+        Grid {
+            dims: to.dims,
+            spacing: to.spacing,
+        },
+    )
 }
 
 #[cfg(test)]
@@ -204,7 +304,7 @@ mod tests {
         let st = region_stats(&l, G, &[3]);
         assert_eq!(st.voxels, 5 * 20 * 12);
         assert!((st.volume_ml - 1200.0 * 0.5 / 1000.0).abs() < 1e-9);
-        assert!((st.through_plane_extent_mm - 10.0).abs() < 1e-9);
+        assert!((st.craniocaudal_extent_mm - 10.0).abs() < 1e-9);
         // 10 mm x 6 mm rectangle: diagonal ~11.66 mm (voxel centres 9.5 x 5.5 + one voxel).
         let diag = (9.5f64.powi(2) + 5.5f64.powi(2)).sqrt() + 0.5;
         assert!((st.max_axial_diameter_mm - diag).abs() < 1e-6, "{st:?}");
@@ -240,6 +340,112 @@ mod tests {
         let st = region_stats(&l, G, &[1]);
         assert_eq!(st.voxels, 1);
         assert!((st.max_axial_diameter_mm - 0.5).abs() < 1e-9);
-        assert!((st.through_plane_extent_mm - 2.0).abs() < 1e-9);
+        assert!((st.craniocaudal_extent_mm - 2.0).abs() < 1e-9);
+    }
+
+    /// An ellipsoid with semi-axes (z, y, x) mm, rasterised at voxel centres on a
+    /// grid of `spacing` mm, centred off-grid.
+    fn ellipsoid(
+        semi: [f64; 3],
+        spacing: [f64; 3],
+        axes: [[f64; 3]; 3],
+    ) -> (Vec<u8>, resample::Grid) {
+        let dims = [0, 1, 2]
+            .map(|a| (2.0 * semi.iter().cloned().fold(0.0, f64::max) / spacing[a] + 8.0) as usize);
+        let g = resample::Grid {
+            dims,
+            spacing,
+            origin: [0.0; 3],
+            axes,
+        };
+        let centre = g.position([0, 1, 2].map(|a| dims[a] as f64 / 2.0 + 0.3));
+        let mut l = vec![0u8; g.voxels()];
+        for s in 0..dims[0] {
+            for r in 0..dims[1] {
+                for c in 0..dims[2] {
+                    let p = g.position([s as f64, r as f64, c as f64]);
+                    // Patient z, y, x against the semi-axes.
+                    let q = [2, 1, 0].map(|d| p[d] - centre[d]);
+                    if (0..3).map(|a| (q[a] / semi[a]).powi(2)).sum::<f64>() <= 1.0 {
+                        l[(s * dims[1] + r) * dims[2] + c] = 3;
+                    }
+                }
+            }
+        }
+        (l, g)
+    }
+
+    const AXIAL: [[f64; 3]; 3] = [[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]];
+
+    #[test]
+    fn spheres_and_ellipsoids_of_known_size() {
+        let reg = regions(&[(1, "necrotic core".into()), (3, "enhancing tumour".into())]);
+        assert_eq!(reg[0].key, "whole_tumour");
+        assert_eq!(reg[2].key, "enhancing_tumour");
+        for (semi, spacing) in [
+            ([10.0, 10.0, 10.0], [1.0, 1.0, 1.0]),
+            ([6.0, 6.0, 6.0], [1.0, 0.5, 0.5]),
+            ([8.0, 15.0, 11.0], [1.0, 1.0, 1.0]),
+            ([12.0, 9.0, 9.0], [2.0, 0.9, 0.9]),
+        ] {
+            let (l, g) = ellipsoid(semi, spacing, AXIAL);
+            let m = measure(&l, &g, &reg);
+            let truth = 4.0 / 3.0 * std::f64::consts::PI * semi.iter().product::<f64>() / 1000.0;
+            let err = (m[0].volume_ml - truth).abs() / truth;
+            assert!(
+                err < 0.02,
+                "{semi:?} at {spacing:?}: {} vs {truth} mL",
+                m[0].volume_ml
+            );
+            assert_eq!(m[0].voxels, m[2].voxels);
+            assert_eq!(m[1].voxels, 0);
+            let st = &m[0].stats;
+            let voxel = spacing[1];
+            let long = 2.0 * semi[1].max(semi[2]);
+            let short = 2.0 * semi[1].min(semi[2]);
+            assert!(
+                (st.max_axial_diameter_mm - long).abs() <= voxel,
+                "{semi:?}: {st:?}"
+            );
+            assert!(
+                (st.perpendicular_diameter_mm - short).abs() <= voxel,
+                "{semi:?}: {st:?}"
+            );
+            assert!(
+                (st.craniocaudal_extent_mm - 2.0 * semi[0]).abs() <= spacing[0],
+                "{semi:?}: {st:?}"
+            );
+            assert!(
+                (st.bidimensional_product_mm2 - long * short).abs()
+                    <= voxel * (long + short) + voxel * voxel
+            );
+        }
+    }
+
+    #[test]
+    fn a_sagittal_series_is_measured_on_axial_planes() {
+        // Sagittal: slices along x, rows along -z, columns along y.
+        let sag = [[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]];
+        let semi = [14.0, 10.0, 6.0];
+        let (la, ga) = ellipsoid(semi, [1.0, 1.0, 1.0], AXIAL);
+        let (ls, gs) = ellipsoid(semi, [1.0, 1.0, 1.0], sag);
+        let reg = regions(&[(3, "enhancing tumour".into())]);
+        let (a, s) = (&measure(&la, &ga, &reg)[0], &measure(&ls, &gs, &reg)[0]);
+        assert!((a.volume_ml - s.volume_ml).abs() / a.volume_ml < 0.02);
+        assert!(
+            (s.stats.craniocaudal_extent_mm - 28.0).abs() <= 1.0,
+            "{:?}",
+            s.stats
+        );
+        assert!(
+            (s.stats.max_axial_diameter_mm - 20.0).abs() <= 1.0,
+            "{:?}",
+            s.stats
+        );
+        assert!(
+            (s.stats.perpendicular_diameter_mm - 12.0).abs() <= 1.0,
+            "{:?}",
+            s.stats
+        );
     }
 }

@@ -25,6 +25,17 @@ pub struct Volume {
     pub row_dir: [f64; 3],
     pub col_dir: [f64; 3],
     pub normal: [f64; 3],
+    /// Where each slice came from, in slice order (a SEG references these per frame).
+    pub slices: Vec<SliceSource>,
+}
+
+/// One slice's source: index of the file in the list given to `load`, the frame
+/// within it (0-based) and the slice's own Image Position (Patient).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SliceSource {
+    pub file: usize,
+    pub frame: u32,
+    pub ipp: [f64; 3],
 }
 
 fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
@@ -106,5 +117,13 @@ pub fn load(files: &[&Path], headers: &[SliceHeader]) -> Result<Volume> {
         row_dir: [g0.iop[0], g0.iop[1], g0.iop[2]],
         col_dir: [g0.iop[3], g0.iop[4], g0.iop[5]],
         normal,
+        slices: planes
+            .iter()
+            .map(|&(_, file, frame, g)| SliceSource {
+                file,
+                frame,
+                ipp: g.ipp,
+            })
+            .collect(),
     })
 }
