@@ -104,6 +104,21 @@ const HELP: &[(&str, &str, &str)] = &[
         "Jobs segmented (state inferred)",
     ),
     (
+        "scanside_jobs_written_total",
+        "counter",
+        "Jobs whose results (SEG, SR, trend picture) are committed (state written)",
+    ),
+    (
+        "scanside_edits_received_total",
+        "counter",
+        "Edited segmentations returned by a person and measured again",
+    ),
+    (
+        "scanside_edit_dice",
+        "summary",
+        "Dice between the AI's and a person's edited segmentation, by region (model monitoring)",
+    ),
+    (
         "scanside_jobs_over_budget_total",
         "counter",
         "Jobs that took longer than [budget] seconds from series completion",
@@ -111,7 +126,7 @@ const HELP: &[(&str, &str, &str)] = &[
     (
         "scanside_stage_seconds",
         "summary",
-        "Time per job stage (decode, gate, resample, infer, post, total), by stage",
+        "Time per job stage (decode, gate, resample, infer, post, measure, write; total from series complete to results committed), by stage",
     ),
     (
         "scanside_model_loaded",

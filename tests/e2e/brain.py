@@ -151,7 +151,8 @@ def oblique_slices(vol, affine, degrees):
 def write_series(out_dir, contrast="t1", orientation="axial", seed=0, slice_thickness=None,
                  noise=0.02, crop_slices=None, drop_slice=None, flip_one=False, localizer=False,
                  skull_strip=False, pixel_spacing=1.0, field_strength=3.0, matrix=None,
-                 study_uid=None, patient_id="SYNBRAIN1", patient_name="Synthetic^Brain"):
+                 study_uid=None, patient_id="SYNBRAIN1", patient_name="Synthetic^Brain",
+                 study_date="20261201"):
     """Writes one DICOM MR series; returns the file paths in slice order."""
     vol, labels, affine = synth_volume(contrast, seed=seed, noise=noise)
     if skull_strip:
@@ -205,7 +206,7 @@ def write_series(out_dir, contrast="t1", orientation="axial", seed=0, slice_thic
         ds.Modality = "MR"
         ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
         ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = patient_name, patient_id, "19650412", "O"
-        ds.StudyDate, ds.StudyTime, ds.SeriesDate = "20261201", "101500", "20261201"
+        ds.StudyDate, ds.StudyTime, ds.SeriesDate = study_date, "101500", study_date
         ds.StudyDescription = "MRI BRAIN W/WO CONTRAST"
         ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "4711", "ACC4711", ""
         ds.SeriesDescription = "3-plane localizer" if localizer else desc

@@ -79,7 +79,7 @@ def decide(daemon, files):
     deadline = time.time() + 30
     while time.time() < deadline:
         jobs = {j["series_instance_uid"]: j for j in daemon.jobs()}
-        if all(jobs.get(s, {}).get("state") in ("gated", "inferred", "rejected") for s in series):
+        if all(jobs.get(s, {}).get("state") in ("gated", "inferred", "measured", "written", "rejected") for s in series):
             break
         time.sleep(0.2)
     decisions = {}
@@ -88,7 +88,7 @@ def decide(daemon, files):
         g = j.get("gate") or {}
         codes = [r["code"] for st in g.get("stages", []) for r in st["reasons"]]
         stage = next((st["stage"] for st in g.get("stages", []) if not st["passed"]), None)
-        decisions[s] = "passed" if j["state"] in ("gated", "inferred") else f"{stage}: {', '.join(codes)}"
+        decisions[s] = "passed" if j["state"] in ("gated", "inferred", "measured", "written") else f"{stage}: {', '.join(codes)}"
     rows = []
     for key, rel, _, name in files:
         d = sent[rel] or decisions[key[0]]

@@ -13,7 +13,7 @@ N, SIZE = 104, 192  # phantom series (synth.py): 104 mm coverage, 192 mm field o
 
 
 # Passed the gate: gated, or already segmented after it.
-PASSED = ("gated", "inferred")
+PASSED = ("gated", "inferred", "measured", "written")
 
 
 def send_and_decide(daemon, paths, timeout=30):

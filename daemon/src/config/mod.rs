@@ -29,6 +29,37 @@ pub struct Config {
     pub inference: InferenceConfig,
     #[serde(default)]
     pub budget: BudgetConfig,
+    #[serde(default)]
+    pub measure: MeasureConfig,
+}
+
+/// The longitudinal figures: the volumetric progression flag (decision support).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeasureConfig {
+    /// Increase from the nadir, percent, at or above which a region is flagged
+    /// (RANO 2.0 volumetric threshold: 40).
+    pub progression_pct: f64,
+    /// ... and at least this many mL (guards tiny volumes against noise).
+    pub min_increase_ml: f64,
+}
+
+impl Default for MeasureConfig {
+    fn default() -> Self {
+        MeasureConfig {
+            progression_pct: 40.0,
+            min_increase_ml: 0.1,
+        }
+    }
+}
+
+impl MeasureConfig {
+    pub fn thresholds(&self) -> crate::measure::history::Thresholds {
+        crate::measure::history::Thresholds {
+            progression_pct: self.progression_pct,
+            min_increase_ml: self.min_increase_ml,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
@@ -505,6 +536,19 @@ impl Config {
         }
         if self.budget.seconds == 0 {
             err("budget.seconds", "must be at least 1".into());
+        }
+        let m = &self.measure;
+        if !(m.progression_pct.is_finite() && m.progression_pct > 0.0) {
+            err(
+                "measure.progression_pct",
+                format!("must be a number > 0, not {}", m.progression_pct),
+            );
+        }
+        if !(m.min_increase_ml.is_finite() && m.min_increase_ml >= 0.0) {
+            err(
+                "measure.min_increase_ml",
+                format!("must be a number >= 0, not {}", m.min_increase_ml),
+            );
         }
         errs
     }

@@ -93,9 +93,18 @@ fn route_blocking(app: &App, path: &str) -> Response<Body> {
             ),
             Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &format!("store: {e}")),
         },
+        p if p.starts_with("/api/v1/patients/") => patient(app, &p["/api/v1/patients/".len()..]),
+        p if p.starts_with("/api/v1/jobs/")
+            && (p.ends_with("/trend.png") || p.ends_with("/trend.svg")) =>
+        {
+            let (id, ext) = p["/api/v1/jobs/".len()..]
+                .split_once("/trend.")
+                .expect("matched");
+            job_picture(app, id, ext)
+        }
         p if p.starts_with("/api/v1/jobs/") => {
             let id = &p["/api/v1/jobs/".len()..];
-            if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            if !valid_id(id) {
                 return error(
                     StatusCode::BAD_REQUEST,
                     "a job id is 16 hexadecimal characters",
@@ -107,6 +116,18 @@ fn route_blocking(app: &App, path: &str) -> Response<Body> {
                     let mut v = serde_json::to_value(&job).unwrap_or_default();
                     v["series"] = serde_json::to_value(series).unwrap_or_default();
                     v["stage_timings_ms"] = stage_timings(&job);
+                    v["result_objects"] = serde_json::to_value(
+                        job.results
+                            .iter()
+                            .chain(job.edits.iter().map(|e| &e.sr_sop_instance_uid))
+                            .filter_map(|u| app.store.result(u).ok().flatten())
+                            .collect::<Vec<_>>(),
+                    )
+                    .unwrap_or_default();
+                    if job.measurement.is_some() {
+                        v["trend_png"] = json!(format!("/api/v1/jobs/{}/trend.png", job.id));
+                        v["trend_svg"] = json!(format!("/api/v1/jobs/{}/trend.svg", job.id));
+                    }
                     if let Some(uid) = &job.notice_sop_instance_uid {
                         v["notice"] = serde_json::to_value(app.store.result(uid).ok().flatten())
                             .unwrap_or_default();
@@ -136,6 +157,112 @@ fn route_blocking(app: &App, path: &str) -> Response<Body> {
         }
         _ => error(StatusCode::NOT_FOUND, &format!("no such resource: {path}")),
     }
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// A job's trend picture (PNG with the key slice, or SVG), as written with its results.
+fn job_picture(app: &App, id: &str, ext: &str) -> Response<Body> {
+    if !valid_id(id) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "a job id is 16 hexadecimal characters",
+        );
+    }
+    let job = match app.store.job(id) {
+        Ok(Some(j)) => j,
+        Ok(None) => return error(StatusCode::NOT_FOUND, &format!("no job with id {id}")),
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &format!("store: {e}")),
+    };
+    let Some(m) = job.measurement.as_ref().filter(|_| !job.results.is_empty()) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!("job {id} has no results yet (state {:?})", job.state),
+        );
+    };
+    let picture = job
+        .edits
+        .last()
+        .map(|e| e.sr_sop_instance_uid.clone() + "-picture")
+        .filter(|p| {
+            app.store
+                .root()
+                .join("pictures")
+                .join(format!("{p}.{ext}"))
+                .is_file()
+        })
+        .unwrap_or_else(|| m.uids.picture.clone());
+    match std::fs::read(
+        app.store
+            .root()
+            .join("pictures")
+            .join(format!("{picture}.{ext}")),
+    ) {
+        Ok(b) => Response::builder()
+            .header(
+                "content-type",
+                if ext == "png" {
+                    "image/png"
+                } else {
+                    "image/svg+xml"
+                },
+            )
+            .body(Full::new(Bytes::from(b)))
+            .expect("valid"),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("picture file: {e}"),
+        ),
+    }
+}
+
+/// GET /api/v1/patients/{key}/history: the visits in date order, each with its
+/// change against the earlier ones. The key is the hash the jobs name
+/// (measurement.patient_key), never a patient identifier.
+fn patient(app: &App, rest: &str) -> Response<Body> {
+    let Some(key) = rest.strip_suffix("/history") else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "patients/{key}/history is the only patient resource",
+        );
+    };
+    if !valid_id(key) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "a patient key is the hexadecimal hash named by a job (measurement.patient_key)",
+        );
+    }
+    let visits = match app.store.patient_history(key) {
+        Ok(v) if v.is_empty() => {
+            return error(
+                StatusCode::NOT_FOUND,
+                &format!("no history for patient {key}"),
+            )
+        }
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &format!("store: {e}")),
+    };
+    let t = app.config.measure.thresholds();
+    let items: Vec<serde_json::Value> = visits
+        .iter()
+        .map(|v| {
+            let mut o = serde_json::to_value(v).unwrap_or_default();
+            o["changes"] = serde_json::to_value(crate::measure::history::changes(&visits, v, t))
+                .unwrap_or_default();
+            o
+        })
+        .collect();
+    json_response(
+        StatusCode::OK,
+        json!({
+            "patient_key": key,
+            "progression_pct": t.progression_pct,
+            "min_increase_ml": t.min_increase_ml,
+            "visits": items,
+        }),
+    )
 }
 
 /// Milliseconds spent between consecutive states, keyed by the state entered.

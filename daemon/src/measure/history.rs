@@ -109,12 +109,17 @@ fn day_number(d: &str) -> Option<i64> {
     Some(era * 146097 + doe - 719468)
 }
 
-/// The change of each region of `visit` against the visits dated before it.
-pub fn changes(visits: &[Visit], visit: &Visit, t: Thresholds) -> BTreeMap<String, RegionChange> {
-    let earlier: Vec<&Visit> = visits
+/// The visits of another study dated before `visit`, in date order.
+pub fn earlier<'a>(visits: &'a [Visit], visit: &Visit) -> Vec<&'a Visit> {
+    visits
         .iter()
         .filter(|v| v.study_uid != visit.study_uid && v.key() < visit.key())
-        .collect();
+        .collect()
+}
+
+/// The change of each region of `visit` against the visits dated before it.
+pub fn changes(visits: &[Visit], visit: &Visit, t: Thresholds) -> BTreeMap<String, RegionChange> {
+    let earlier = earlier(visits, visit);
     let mut out = BTreeMap::new();
     for (region, &v) in &visit.volumes_ml {
         let against = |e: &Visit| {

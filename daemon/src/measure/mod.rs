@@ -99,7 +99,8 @@ pub struct RegionStats {
     pub max_axial_diameter_mm: f64,
     /// Longest diameter perpendicular to it in the same slice, mm.
     pub perpendicular_diameter_mm: f64,
-    /// Their product (RANO bidimensional product), mm^2, on the slice where it is largest.
+    /// The largest product of an axial slice's longest diameter and its
+    /// perpendicular (RANO bidimensional product), mm^2.
     pub bidimensional_product_mm2: f64,
     /// Extent across axial slices (craniocaudal), mm.
     pub craniocaudal_extent_mm: f64,
@@ -163,11 +164,11 @@ pub fn region_stats(labels: &[u8], g: Grid, region: &[u8]) -> RegionStats {
             d1 + g.spacing[2].min(g.spacing[1]),
             d2 + g.spacing[2].min(g.spacing[1]),
         );
-        best_d1 = best_d1.max(d1);
-        if d1 * d2 > best_product {
-            best_product = d1 * d2;
+        if d1 > best_d1 {
+            best_d1 = d1;
             best_d2 = d2;
         }
+        best_product = best_product.max(d1 * d2);
     }
     RegionStats {
         voxels,
@@ -224,6 +225,9 @@ pub struct RegionMeasurement {
     pub volume_ml: f64,
     pub source_spacing_mm: [f64; 3],
     pub stats: RegionStats,
+    /// The region reaches the edge of the series' field of view: it may extend
+    /// beyond it, so the volume is a lower bound (the SR says PARTIAL).
+    pub touches_edge: bool,
 }
 
 /// Measures every region of `labels` (on the source grid `g`).
@@ -234,7 +238,19 @@ pub fn measure(labels: &[u8], g: &resample::Grid, regions: &[Region]) -> Vec<Reg
         .iter()
         .map(|r| {
             let voxels = labels.iter().filter(|l| r.values.contains(l)).count();
+            let [ns, nr, nc] = g.dims;
+            let touches_edge = labels.iter().enumerate().any(|(i, l)| {
+                let (s, row, col) = (i / (nr * nc), (i / nc) % nr, i % nc);
+                r.values.contains(l)
+                    && (s == 0
+                        || row == 0
+                        || col == 0
+                        || s + 1 == ns
+                        || row + 1 == nr
+                        || col + 1 == nc)
+            });
             RegionMeasurement {
+                touches_edge,
                 region: r.clone(),
                 voxels,
                 volume_ml: voxels as f64 * voxel_ml,
@@ -245,20 +261,13 @@ pub fn measure(labels: &[u8], g: &resample::Grid, regions: &[Region]) -> Vec<Reg
         .collect()
 }
 
-/// The labels on axial planes: the source grid itself when its axes are the
-/// patient's (up to sign), else resampled to a patient-aligned grid whose spacing
-/// per axis is that of the source axis closest to it.
-fn axial_labels<'a>(labels: &'a [u8], g: &resample::Grid) -> (std::borrow::Cow<'a, [u8]>, Grid) {
+/// The patient-aligned grid to measure on axial planes, or None when the source
+/// grid's axes are already the patient's (up to sign). Its spacing per axis is
+/// that of the source axis closest to it.
+pub fn axial_grid(g: &resample::Grid) -> Option<resample::Grid> {
     // Grid axes are (slice, row, col); aligned means slice ~ z, row ~ y, col ~ x.
-    let aligned = (0..3).all(|a| g.axes[a][2 - a].abs() > 0.999);
-    if aligned {
-        return (
-            std::borrow::Cow::Borrowed(labels),
-            Grid {
-                dims: g.dims,
-                spacing: g.spacing,
-            },
-        );
+    if (0..3).all(|a| g.axes[a][2 - a].abs() > 0.999) {
+        return None;
     }
     let spacing = [2usize, 1, 0].map(|d| {
         let a = (0..3)
@@ -266,15 +275,27 @@ fn axial_labels<'a>(labels: &'a [u8], g: &resample::Grid) -> (std::borrow::Cow<'
             .expect("three axes");
         g.spacing[a]
     });
-    let to = g.aligned_cover(spacing);
-    let out = resample::resample_labels(labels, g, &to);
-    (
-        std::borrow::Cow::Owned(out),
-        Grid {
-            dims: to.dims,
-            spacing: to.spacing,
-        },
-    )
+    Some(g.aligned_cover(spacing))
+}
+
+/// The labels on axial planes (see `axial_grid`).
+fn axial_labels<'a>(labels: &'a [u8], g: &resample::Grid) -> (std::borrow::Cow<'a, [u8]>, Grid) {
+    match axial_grid(g) {
+        None => (
+            std::borrow::Cow::Borrowed(labels),
+            Grid {
+                dims: g.dims,
+                spacing: g.spacing,
+            },
+        ),
+        Some(to) => (
+            std::borrow::Cow::Owned(resample::resample_labels(labels, g, &to)),
+            Grid {
+                dims: to.dims,
+                spacing: to.spacing,
+            },
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -312,6 +333,7 @@ mod tests {
             st.perpendicular_diameter_mm > 0.0
                 && st.perpendicular_diameter_mm < st.max_axial_diameter_mm
         );
+        // A box: every slice alike, so the largest product is on the longest slice.
         assert!(
             (st.bidimensional_product_mm2
                 - st.max_axial_diameter_mm * st.perpendicular_diameter_mm)

@@ -12,7 +12,8 @@ pub use files::{
 };
 pub use files::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 pub use records::{
-    InferenceRecord, JobRecord, JobState, ResultRecord, SeriesRecord, SeriesState, StoredInstance,
+    EditRecord, InferenceRecord, JobRecord, JobState, MeasurementRecord, ResultRecord, ResultUids,
+    SeriesRecord, SeriesState, StoredInstance,
 };
 
 use std::fs::{self, File};
@@ -53,6 +54,8 @@ pub struct Store {
     by_series: sled::Tree,
     /// Job ids waiting in `complete` for the pipeline.
     pending: sled::Tree,
+    /// patient key -> visits ordered by date
+    patients: sled::Tree,
 }
 
 /// What a job transition did.
@@ -117,6 +120,7 @@ impl Store {
             results: db.open_tree("results")?,
             by_series: db.open_tree("by_series")?,
             pending: db.open_tree("pending")?,
+            patients: db.open_tree("patients")?,
             db_file: Mutex::new((db_file, 0)),
             write_gen: AtomicU64::new(0),
             db,
@@ -282,7 +286,7 @@ impl Store {
         self.pending.len()
     }
 
-    /// Jobs with work waiting (`complete`, `gated`), oldest first.
+    /// Jobs with work waiting (`complete`, `gated`, `inferred`, `measured`), oldest first.
     pub fn pending_jobs(&self) -> Result<Vec<JobRecord>> {
         let mut v = Vec::new();
         for k in self.pending.iter().keys() {
@@ -306,7 +310,10 @@ impl Store {
             }
         }
         for j in all_json::<JobRecord>(&self.jobs)? {
-            if matches!(j.state, JobState::Complete | JobState::Gated) {
+            if matches!(
+                j.state,
+                JobState::Complete | JobState::Gated | JobState::Inferred | JobState::Measured
+            ) {
                 self.pending.insert(j.id.as_bytes(), &[][..])?;
             }
         }
@@ -498,11 +505,127 @@ impl Store {
                 note: Some(format!("{} on {}", rec.model, rec.backend)),
             });
             j.inference = Some(rec.clone());
-            // Until results are written by their own stage, inferred is the last step.
+            Step::Changed { keep_pending: true }
+        })
+    }
+
+    /// Moves an inferred job to `measured` with its measurements, history figures
+    /// and the UIDs its results will carry. False when the job is not `inferred`.
+    pub fn record_measurement(&self, id: &str, rec: records::MeasurementRecord) -> Result<bool> {
+        let now = now_ms();
+        self.transition(id, |j| {
+            if j.state != JobState::Inferred {
+                return Step::Unchanged {
+                    drop_pending: false,
+                };
+            }
+            j.state = JobState::Measured;
+            j.history.push(records::StateChange {
+                state: JobState::Measured,
+                at_ms: now,
+                note: None,
+            });
+            j.measurement = Some(rec.clone());
+            Step::Changed { keep_pending: true }
+        })
+    }
+
+    /// Moves a measured job to `written` once its result objects are committed.
+    pub fn record_written(
+        &self,
+        id: &str,
+        results: Vec<String>,
+        over_budget: bool,
+    ) -> Result<bool> {
+        let now = now_ms();
+        self.transition(id, |j| {
+            if j.state != JobState::Measured {
+                return Step::Unchanged { drop_pending: true };
+            }
+            j.state = JobState::Written;
+            j.over_budget |= over_budget;
+            j.history.push(records::StateChange {
+                state: JobState::Written,
+                at_ms: now,
+                note: Some(format!("{} result object(s)", results.len())),
+            });
+            j.results = results.clone();
+            // Forwarding (the outbox) is not built yet: written is the last step.
             Step::Changed {
                 keep_pending: false,
             }
         })
+    }
+
+    /// Appends a person's edit to a job (the same returned SEG again replaces it).
+    pub fn record_edit(&self, id: &str, e: records::EditRecord) -> Result<bool> {
+        self.transition(id, |j| {
+            j.edits
+                .retain(|o| o.seg_sop_instance_uid != e.seg_sop_instance_uid);
+            j.edits.push(e.clone());
+            Step::Changed {
+                keep_pending: matches!(
+                    j.state,
+                    JobState::Complete | JobState::Gated | JobState::Inferred | JobState::Measured
+                ),
+            }
+        })
+    }
+
+    /// A patient's visits ordered by date (empty for a new patient).
+    pub fn patient_history(&self, key: &str) -> Result<Vec<crate::measure::history::Visit>> {
+        Ok(get_json(&self.patients, key)?.unwrap_or_default())
+    }
+
+    /// Inserts or replaces a visit in a patient's history; returns the history.
+    pub fn upsert_visit(
+        &self,
+        key: &str,
+        v: crate::measure::history::Visit,
+    ) -> Result<Vec<crate::measure::history::Visit>> {
+        let out = self.patients.update_and_fetch(key.as_bytes(), |old| {
+            let mut visits: Vec<crate::measure::history::Visit> = old
+                .and_then(|b| serde_json::from_slice(b).ok())
+                .unwrap_or_default();
+            crate::measure::history::upsert(&mut visits, v.clone());
+            serde_json::to_vec(&visits).ok()
+        })?;
+        self.sync()?;
+        Ok(out
+            .map(|b| serde_json::from_slice(&b))
+            .transpose()?
+            .unwrap_or_default())
+    }
+
+    /// Every patient key with a history.
+    pub fn patient_keys(&self) -> Result<Vec<String>> {
+        self.patients
+            .iter()
+            .keys()
+            .map(|k| Ok(String::from_utf8_lossy(&k?).into_owned()))
+            .collect()
+    }
+
+    /// Writes a derived file (a picture) to <kind>/<job>.<ext> durably.
+    pub fn commit_file(&self, kind: &str, name: &str, bytes: &[u8]) -> Result<String> {
+        anyhow::ensure!(
+            name.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'),
+            "bad file name {name:?}"
+        );
+        let dir = self.root.join(kind);
+        create_dir_durable(&dir, &self.root)?;
+        let tmp = self.tmp_dir().join(format!("{kind}-{name}.part"));
+        {
+            use std::io::Write;
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+        }
+        let dest = dir.join(name);
+        fs::rename(&tmp, &dest)?;
+        fsync_dir(&dir)?;
+        Ok(format!("{kind}/{name}"))
     }
 
     /// Moves a produced object (fsynced tmp file) into results/<study>/<series>/ and

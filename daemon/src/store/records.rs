@@ -170,6 +170,65 @@ pub struct JobRecord {
     /// The job took longer than [budget] seconds from series completion.
     #[serde(default)]
     pub over_budget: bool,
+    /// What the measure stage found and decided, once measured.
+    #[serde(default)]
+    pub measurement: Option<MeasurementRecord>,
+    /// SOP Instance UIDs of the result objects written (SEG, SR, picture).
+    #[serde(default)]
+    pub results: Vec<String>,
+    /// Segmentations a person returned for this series, oldest first.
+    #[serde(default)]
+    pub edits: Vec<EditRecord>,
+}
+
+/// The measure stage's output. Everything the result objects show is here, fixed
+/// when the job was measured, so writing them again writes the same objects.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MeasurementRecord {
+    /// Hash of (issuer of patient id, patient id): the history key, never PHI.
+    pub patient_key: String,
+    pub study_date: String,
+    pub regions: Vec<crate::measure::RegionMeasurement>,
+    /// Tracking UID per region (stable across the patient's visits)
+    pub tracking_uids: Vec<String>,
+    /// region key -> change against earlier visits
+    pub changes: std::collections::BTreeMap<String, crate::measure::history::RegionChange>,
+    /// The patient's visits dated before this one, when measured
+    pub earlier: Vec<crate::measure::history::Visit>,
+    pub progression_pct: f64,
+    pub min_increase_ml: f64,
+    pub uids: ResultUids,
+    /// When the results were made (their creation date and time)
+    pub created_ms: u64,
+}
+
+/// The UIDs of a job's result objects, derived before first use.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ResultUids {
+    pub seg_series: String,
+    pub seg: String,
+    pub sr_series: String,
+    pub sr: String,
+    pub picture_series: String,
+    pub picture: String,
+}
+
+/// A segmentation returned by a person (an edited SEG) and what it changed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EditRecord {
+    /// The returned SEG
+    pub seg_sop_instance_uid: String,
+    pub received_at_ms: u64,
+    pub observer: String,
+    /// region key -> mL, from the edited segmentation
+    pub volumes_ml: std::collections::BTreeMap<String, f64>,
+    /// region key -> Dice between the AI's and the edited segmentation
+    pub dice: std::collections::BTreeMap<String, f64>,
+    pub regions: Vec<crate::measure::RegionMeasurement>,
+    pub changes: std::collections::BTreeMap<String, crate::measure::history::RegionChange>,
+    /// The verified SR written for it
+    pub sr_sop_instance_uid: String,
+    pub sr_series_uid: String,
 }
 
 /// The segmentation of one series: where the labels are and what they count.
@@ -190,6 +249,14 @@ pub struct InferenceRecord {
     pub stage_ms: std::collections::BTreeMap<String, u64>,
     pub model_grid: [usize; 3],
     pub patches: usize,
+    /// The model's labels (value, name), background included
+    #[serde(default)]
+    pub label_names: Vec<(u8, String)>,
+    /// name and version separately, as result objects name them
+    #[serde(default)]
+    pub model_name: String,
+    #[serde(default)]
+    pub model_version: String,
 }
 
 /// An object the box produced (notice, and later SEG, SR, trend picture).
@@ -200,7 +267,7 @@ pub struct ResultRecord {
     pub study_uid: String,
     pub series_uid: String,
     pub job_id: String,
-    /// not_processed_notice | ...
+    /// not_processed_notice | seg | sr | trend_picture | verified_sr
     pub kind: String,
     pub path: String,
     pub created_at_ms: u64,
@@ -241,6 +308,9 @@ impl JobRecord {
             gate_instances: 0,
             inference: None,
             over_budget: false,
+            measurement: None,
+            results: Vec::new(),
+            edits: Vec::new(),
         }
     }
 

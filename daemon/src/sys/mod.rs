@@ -67,7 +67,12 @@ pub async fn watchdog(app: Arc<crate::App>) {
 
 /// The current UTC date and time as DICOM DA and TM strings.
 pub fn utc_now_dicom() -> (String, String) {
-    let secs = now_ms() / 1000;
+    dicom_datetime(now_ms())
+}
+
+/// A time (ms since the epoch, UTC) as DICOM DA and TM strings.
+pub fn dicom_datetime(ms: u64) -> (String, String) {
+    let secs = ms / 1000;
     let days = (secs / 86400) as i64;
     let t = secs % 86400;
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).

@@ -49,3 +49,19 @@ pub fn labels_nii(labels: &[u8], g: &Grid, description: &str) -> Vec<u8> {
     h.extend_from_slice(labels);
     h
 }
+
+/// The voxels of a uint8 .nii written by `labels_nii` (header checked).
+pub fn read_labels(bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
+    anyhow::ensure!(
+        bytes.len() >= 352 && bytes[0..4] == 348i32.to_le_bytes() && &bytes[344..348] == b"n+1\0",
+        "not a NIfTI-1 file"
+    );
+    let i16_at = |at: usize| i16::from_le_bytes([bytes[at], bytes[at + 1]]);
+    anyhow::ensure!(i16_at(70) == 2, "labels are not uint8");
+    let n: usize = (1..=3)
+        .map(|k| i16_at(40 + 2 * k).max(0) as usize)
+        .product();
+    let off = f32::from_le_bytes(bytes[108..112].try_into().expect("4 bytes")) as usize;
+    anyhow::ensure!(bytes.len() >= off + n, "NIfTI file is truncated");
+    Ok(bytes[off..off + n].to_vec())
+}

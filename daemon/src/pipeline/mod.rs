@@ -1,7 +1,10 @@
 //! Drives jobs through the boxes after series completion: `complete` -> gate ->
-//! `gated` | `rejected`; `gated` -> segmentation -> `inferred`. Every transition
-//! is durable in the store, so after a restart the worker resumes each job from
-//! its last state. A gated job waits while no model is loaded.
+//! `gated` | `rejected`; `gated` -> segmentation -> `inferred` -> measure ->
+//! `measured` -> results -> `written`. Every transition is durable in the store,
+//! so after a restart the worker resumes each job from its last state. A gated
+//! job waits while no model is loaded.
+
+mod report;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -49,17 +52,37 @@ pub fn step(app: &App) -> usize {
         if let Some(pre) = guarded(app, job, "gate", || gate_job(app, job)).flatten() {
             n += 1;
             if last && app.store.pending_count() == 1 {
-                n += guarded(app, job, "segmentation", || infer_job(app, job, Some(pre)))
-                    .unwrap_or(false) as usize;
+                n += segment_and_report(app, job, Some(pre));
                 return n;
             }
         }
     }
-    if let Some(job) = jobs.iter().find(|j| j.state == JobState::Gated) {
-        n += guarded(app, job, "segmentation", || infer_job(app, job, None)).unwrap_or(false)
+    // Jobs past segmentation first: they are nearest to done.
+    for job in jobs
+        .iter()
+        .filter(|j| matches!(j.state, JobState::Inferred | JobState::Measured))
+    {
+        n += guarded(app, job, "results", || report::run(app, &job.id, None)).unwrap_or(false)
             as usize;
     }
+    if let Some(job) = jobs.iter().find(|j| j.state == JobState::Gated) {
+        n += segment_and_report(app, job, None);
+    }
     n
+}
+
+/// Segments a gated job and goes straight on to its results with the volume and
+/// labels in memory.
+fn segment_and_report(app: &App, job: &JobRecord, pre: Option<Decoded>) -> usize {
+    match guarded(app, job, "segmentation", || infer_job(app, job, pre)).flatten() {
+        Some(done) => {
+            1 + guarded(app, job, "results", || {
+                report::run(app, &job.id, Some(done))
+            })
+            .unwrap_or(false) as usize
+        }
+        None => 0,
+    }
 }
 
 /// Runs one stage of one job. A panic or an error fails that job, visibly, and
@@ -162,17 +185,21 @@ fn gate_job(app: &App, job: &JobRecord) -> anyhow::Result<Option<Decoded>> {
     Ok(None)
 }
 
-/// Segments a gated job and records it `inferred`; Ok(false) when no model is
-/// loaded (the job waits) or the job moved on meanwhile.
-fn infer_job(app: &App, job: &JobRecord, pre: Option<Decoded>) -> anyhow::Result<bool> {
+/// Segments a gated job and records it `inferred`; returns the volume and the
+/// labels, or None when no model is loaded (the job waits) or the job moved on.
+fn infer_job(
+    app: &App,
+    job: &JobRecord,
+    pre: Option<Decoded>,
+) -> anyhow::Result<Option<report::Segmented>> {
     if !app.model.status().loaded {
-        return Ok(false);
+        return Ok(None);
     }
     let Some(job) = app.store.job(&job.id)? else {
-        return Ok(false);
+        return Ok(None);
     };
     if job.state != JobState::Gated {
-        return Ok(false);
+        return Ok(None);
     }
     let pre = match pre {
         Some(p) => p,
@@ -188,7 +215,7 @@ fn infer_job(app: &App, job: &JobRecord, pre: Option<Decoded>) -> anyhow::Result
             m.backend.name(),
         ))
     }) else {
-        return Ok(false);
+        return Ok(None);
     };
     let (seg, manifest, sha, backend) = r?;
     let t_post = Instant::now();
@@ -234,13 +261,7 @@ fn infer_job(app: &App, job: &JobRecord, pre: Option<Decoded>) -> anyhow::Result
     stage_ms.insert("resample".to_string(), seg.resample_ms);
     stage_ms.insert("infer".to_string(), seg.infer_ms);
     stage_ms.insert("post".to_string(), post_ms);
-    // The budget runs from "series complete" (the job's first state after received).
-    let since_complete = job
-        .history
-        .iter()
-        .find(|h| h.state == JobState::Complete)
-        .map(|h| crate::store::now_ms().saturating_sub(h.at_ms))
-        .unwrap_or(0);
+    let since_complete = since_complete_ms(&job);
     let over = since_complete > app.config.budget.seconds * 1000;
     let rec = InferenceRecord {
         model: format!("{} {}", manifest.name, manifest.version),
@@ -253,9 +274,14 @@ fn infer_job(app: &App, job: &JobRecord, pre: Option<Decoded>) -> anyhow::Result
         stage_ms: stage_ms.clone(),
         model_grid: seg.model_grid.dims,
         patches: seg.patches,
+        label_names: (0..manifest.classes() as u8)
+            .map(|l| (l, manifest.label_name(l).to_string()))
+            .collect(),
+        model_name: manifest.name.clone(),
+        model_version: manifest.version.clone(),
     };
     if !app.store.record_inference(&job.id, rec, over)? {
-        return Ok(false);
+        return Ok(None);
     }
     // The gate's time was observed when it decided.
     for (stage, ms) in stage_ms.iter().filter(|(s, _)| s.as_str() != "gate") {
@@ -265,21 +291,28 @@ fn infer_job(app: &App, job: &JobRecord, pre: Option<Decoded>) -> anyhow::Result
             *ms as f64 / 1000.0,
         );
     }
-    app.metrics.observe(
-        "scanside_stage_seconds",
-        "stage=\"total\"",
-        since_complete as f64 / 1000.0,
-    );
     app.metrics.inc("scanside_jobs_inferred_total", "");
     if over {
         app.metrics.inc("scanside_jobs_over_budget_total", "");
         tracing::warn!(job = %job.id, ms = since_complete, budget_s = app.config.budget.seconds, "job over its time budget");
     }
     tracing::info!(job = %job.id, ?stage_ms, "segmented");
-    Ok(true)
+    Ok(Some(report::Segmented {
+        volume: pre.volume,
+        labels,
+    }))
 }
 
-/// Decodes a gated job's series again (after a restart).
+/// The budget runs from "series complete" (the job's first state after received).
+fn since_complete_ms(job: &JobRecord) -> u64 {
+    job.history
+        .iter()
+        .find(|h| h.state == JobState::Complete)
+        .map(|h| crate::store::now_ms().saturating_sub(h.at_ms))
+        .unwrap_or(0)
+}
+
+/// Decodes a job's series again (after a restart).
 fn decode(app: &App, job: &JobRecord) -> anyhow::Result<Decoded> {
     let instances = app.store.instances_of_series(&job.series_instance_uid)?;
     if instances.len() as u64 != job.gate_instances && job.gate_instances != 0 {
