@@ -5,6 +5,7 @@
 //! message layer that the SCP (and later Q/R and the forwarder) share.
 
 pub mod config;
+pub mod demo;
 pub mod dimse;
 pub mod gate;
 pub mod http;

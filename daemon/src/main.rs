@@ -46,6 +46,25 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// A first run: send a synthetic brain MR series with a tumour to a daemon (its
+    /// own, started here, unless --to), wait, and print volumes, timings and results.
+    Demo {
+        /// DICOM HOST:PORT of a running daemon (default: start one in this process)
+        #[arg(long)]
+        to: Option<String>,
+        /// HTTP HOST:PORT of that daemon's API (with --to)
+        #[arg(long)]
+        http: Option<String>,
+        /// Called AE title
+        #[arg(long, default_value = "SCANSIDE")]
+        ae_title: String,
+        /// Data directory of the daemon this command starts
+        #[arg(long, default_value = "./scanside-demo-data")]
+        data_dir: PathBuf,
+        /// Seconds to wait for the result
+        #[arg(long, default_value_t = 900)]
+        timeout_s: u64,
+    },
     /// Read a DICOM file as the daemon does; with --decode also decode its pixel data.
     Inspect {
         file: PathBuf,
@@ -235,6 +254,29 @@ fn main() -> ExitCode {
             let dir = cfg.inference.model_dir.clone();
             verify_model(dir, &cfg, Default::default())
         }
+        Command::Demo {
+            to,
+            http,
+            ae_title,
+            data_dir,
+            timeout_s,
+        } => {
+            init_logging_default("warn");
+            let opts = scanside::demo::DemoOptions {
+                to,
+                http,
+                called_ae: ae_title,
+                data_dir,
+                timeout: std::time::Duration::from_secs(timeout_s),
+            };
+            match scanside::demo::run(opts) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("scanside demo: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Inspect { file, decode } => match scanside::inspect::inspect(&file, decode) {
             Ok(v) => {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
@@ -249,8 +291,12 @@ fn main() -> ExitCode {
 }
 
 fn init_logging() {
+    init_logging_default("info")
+}
+
+fn init_logging_default(level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("SCANSIDE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_env("SCANSIDE_LOG").unwrap_or_else(|_| EnvFilter::new(level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

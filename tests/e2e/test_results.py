@@ -292,3 +292,35 @@ def test_kill_9_while_writing_results_leaves_one_set_of_objects(daemon_factory, 
     assert sorted(job["results"]) == sorted(
         pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files)
     d.stop()
+
+
+def test_demo_prints_volume_timings_and_where_the_results_are(tmp_path):
+    """`scanside demo` as a newcomer runs it: its own daemon, the synthetic case."""
+    from conftest import BIN, ort_library
+    env = {**os.environ, "ORT_DYLIB_PATH": ort_library()}
+    data = tmp_path / "demo-data"
+    r = run([BIN, "demo", "--data-dir", str(data)], env=env, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    assert ": written" in out
+    wt = [l for l in out.splitlines() if l.strip().startswith("whole tumour")]
+    assert wt and float(wt[0].split()[2]) > 1.0, out
+    for stage in ("decode", "gate", "resample", "infer", "post", "measure", "write"):
+        assert f"{stage} " in out.split("stage timings:")[1].splitlines()[0], stage
+    paths = [l.split()[-1] for l in out.splitlines() if l.strip().startswith(("seg ", "sr ", "trend_picture", "trend PNG", "trend SVG"))]
+    assert len(paths) == 5, out
+    for p in paths:
+        assert os.path.getsize(p) > 1000, p
+    assert pydicom.dcmread(paths[0], stop_before_pixels=True).Modality == "SEG"
+
+
+def test_demo_sends_to_a_running_daemon(daemon):
+    from conftest import BIN
+    daemon.wait_model()
+    r = run([BIN, "demo", "--to", f"127.0.0.1:{daemon.port}", "--http", f"127.0.0.1:{daemon.http_port}"], timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"http://127.0.0.1:{daemon.http_port}/api/v1/jobs/" in r.stdout
+    assert any(j["state"] == "written" for j in daemon.jobs())
+    # Without the HTTP address it says what is missing.
+    r = run([BIN, "demo", "--to", f"127.0.0.1:{daemon.port}"], timeout=60)
+    assert r.returncode != 0 and "--http" in r.stderr

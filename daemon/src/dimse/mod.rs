@@ -6,6 +6,7 @@
 //! and status codes.
 
 pub mod command;
+pub mod scu;
 pub mod status;
 
 pub use command::{CommandField, CommandSet, NO_DATA_SET};
