@@ -324,3 +324,134 @@ def test_demo_sends_to_a_running_daemon(daemon):
     # Without the HTTP address it says what is missing.
     r = run([BIN, "demo", "--to", f"127.0.0.1:{daemon.port}"], timeout=60)
     assert r.returncode != 0 and "--http" in r.stderr
+
+
+def store_one(port, path):
+    """Sends one file with storescu, or with pynetdicom for a SOP class DCMTK 3.6.7
+    does not know (Label Map Segmentation, 2024)."""
+    ds = pydicom.dcmread(path)
+    if ds.SOPClassUID != "1.2.840.10008.5.1.4.1.1.66.7":
+        r = run(["storescu", "-R", "-aec", "SCANSIDE", "127.0.0.1", str(port), path])
+        assert r.returncode == 0, r.stdout + r.stderr
+        return
+    from pynetdicom import AE
+    ae = AE(ae_title="VIEWER")
+    ae.add_requested_context(ds.SOPClassUID, [ds.file_meta.TransferSyntaxUID])
+    assoc = ae.associate("127.0.0.1", port, ae_title="SCANSIDE")
+    assert assoc.is_established
+    status = assoc.send_c_store(ds)
+    assoc.release()
+    assert status.Status == 0, status
+
+
+def edited_seg(ours, source_paths, drop_label, seg_type, ts, creator="Tech^Anna"):
+    """Our SEG as a person edits it in a viewer: one region removed, written anew
+    by highdicom (segments MANUAL), BINARY or LABELMAP, native or RLE."""
+    import highdicom as hd
+    from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
+    seg = hd.seg.segread(ours)
+    src = [pydicom.dcmread(p) for p in source_paths]
+    src.sort(key=lambda d: float(d.ImagePositionPatient[2]))
+    keep = [s for s in seg.SegmentSequence if s.SegmentLabel != drop_label and s.SegmentLabel != "Whole tumour"]
+    masks = []
+    for s in keep:
+        m = np.zeros((len(src), src[0].Rows, src[0].Columns), bool)
+        for i, d in enumerate(src):
+            px = seg.get_pixels_by_source_instance([d.SOPInstanceUID], segment_numbers=[s.SegmentNumber])
+            m[i] = px[0, :, :, 0] > 0
+        masks.append(m)
+    descs = [hd.seg.SegmentDescription(
+        segment_number=k + 1, segment_label=s.SegmentLabel,
+        segmented_property_category=hd.sr.CodedConcept.from_dataset(s.SegmentedPropertyCategoryCodeSequence[0]),
+        segmented_property_type=hd.sr.CodedConcept.from_dataset(s.SegmentedPropertyTypeCodeSequence[0]),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL) for k, s in enumerate(keep)]
+    if seg_type == "LABELMAP":
+        arr = np.zeros(masks[0].shape, np.uint8)
+        for k, m in enumerate(masks):
+            arr[m] = k + 1
+    else:
+        arr = np.stack(masks, -1).astype(np.uint8)
+    out = hd.seg.Segmentation(
+        source_images=src, pixel_array=arr,
+        segmentation_type=getattr(hd.seg.SegmentationTypeValues, seg_type),
+        segment_descriptions=descs, series_instance_uid=generate_uid(), series_number=77,
+        sop_instance_uid=generate_uid(), instance_number=1, manufacturer="viewer",
+        manufacturer_model_name="edit", software_versions="1", device_serial_number="1",
+        content_creator_name=creator, omit_empty_frames=True,
+        transfer_syntax_uid=RLELossless if ts == "rle" else ExplicitVRLittleEndian)
+    return out, [np.asarray(m) for m in masks]
+
+
+# highdicom writes RLE only for LABELMAP (OHIF's default export is LABELMAP + RLE).
+@pytest.mark.parametrize("seg_type,ts", [("BINARY", "native"), ("LABELMAP", "native"), ("LABELMAP", "rle")])
+def test_an_edited_seg_comes_back_verified(daemon_factory, tmp_path, seg_type, ts):
+    d = daemon_factory().start()
+    d.wait_model()
+    paths = brain.write_series(str(tmp_path / "s"), "t2", "axial", seed=3, patient_id="SYNEDIT1")
+    job = wait_state(d, send(d, paths), DONE)
+    assert job["state"] == "written"
+    files = result_files(d, job)
+    out, masks = edited_seg(files["seg"], paths, "Oedema", seg_type, ts)
+    p = str(tmp_path / "edited.dcm")
+    out.save_as(p)
+    store_one(d.port, p)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        j = d.get_json(f"/api/v1/jobs/{job['id']}")[1]
+        if j["edits"]:
+            break
+        time.sleep(0.3)
+    else:
+        seg_jobs = [x for x in d.jobs() if x["id"] != job["id"]]
+        raise AssertionError(json.dumps(seg_jobs)[:3000] + d.read_log()[-3000:])
+    e = j["edits"][0]
+    # The whole tumour recomputed from the edited sub-regions (oedema removed).
+    voxel_ml = float(pydicom.dcmread(paths[0]).SliceThickness) / 1000.0
+    expected_wt = sum(int(m.sum()) for m in masks) * voxel_ml
+    assert abs(e["volumes_ml"]["whole_tumour"] - expected_wt) < 1e-6, (e["volumes_ml"], expected_wt)
+    assert e["volumes_ml"]["oedema"] == 0.0
+    ai = job["measurement"]["regions"][0]["volume_ml"]
+    assert e["volumes_ml"]["whole_tumour"] < ai
+    # Dice by hand: the edited whole tumour lies inside the AI's.
+    assert abs(e["dice"]["whole_tumour"] - 2 * expected_wt / (expected_wt + ai)) < 1e-6
+    assert e["dice"]["oedema"] == 0.0
+    # The verified SR: VERIFIED, FINAL, predecessor = the preliminary SR, edited volume.
+    objs = {o["kind"]: o for o in j["result_objects"]}
+    vsr_path = os.path.join(d.data_dir, objs["verified_sr"]["path"])
+    vsr, groups = sr_groups(vsr_path)
+    assert (vsr.VerificationFlag, vsr.PreliminaryFlag, vsr.CompletionFlag) == ("VERIFIED", "FINAL", "COMPLETE")
+    assert str(vsr.VerifyingObserverSequence[0].VerifyingObserverName) == "Tech^Anna"
+    pred = vsr.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    assert pred.ReferencedSOPInstanceUID == job["measurement"]["uids"]["sr"]
+    assert abs(groups["Whole tumour"][0] - expected_wt) < 1e-5
+    assert "Oedema" not in groups
+    ref = groups["Enhancing tumour"][1].referenced_segment
+    assert ref.referenced_sop_instance_uid == out.SOPInstanceUID
+    err = [l for l in run(["dciodvfy", "-new", vsr_path]).stderr.splitlines() if l.startswith("Error")]
+    if seg_type == "LABELMAP":
+        # Debian's dicom3tools (2022) predates Label Map Segmentation (2024) and so
+        # does not know that a segment of one may be referenced.
+        err = [l for l in err if "not segmentation" not in l]
+    assert not err, err
+    # History uses the edited volume; the Dice is a metric.
+    h = d.get_json(f"/api/v1/patients/{job['measurement']['patient_key']}/history")[1]
+    assert [v["source"] for v in h["visits"]] == ["edited"]
+    assert abs(h["visits"][0]["volumes_ml"]["whole_tumour"] - expected_wt) < 1e-9
+    m = d.metrics()
+    assert "scanside_edits_received_total 1" in m
+    assert 'scanside_edit_dice_count{region="whole_tumour"} 1' in m
+    # The same edit again changes nothing (same verified SR).
+    store_one(d.port, p)
+    time.sleep(3)
+    j2 = d.get_json(f"/api/v1/jobs/{job['id']}")[1]
+    assert len(j2["edits"]) == 1 and j2["edits"][0]["sr_sop_instance_uid"] == e["sr_sop_instance_uid"]
+
+
+def test_a_seg_for_a_series_we_never_segmented_is_refused_with_the_reason(daemon, visits, tmp_path):
+    """The returned SEG's own job says why it was not applied; nothing else changes."""
+    p = visits["20260601"]["files"]["seg"]
+    r = run(["storescu", "-R", "-aec", "SCANSIDE", "127.0.0.1", str(daemon.port), p])
+    assert r.returncode == 0, r.stdout + r.stderr
+    job = wait_state(daemon, pydicom.dcmread(p, stop_before_pixels=True).SeriesInstanceUID, ("rejected", "failed"), timeout=60)
+    note = job["history"][-1]["note"]
+    assert "not applied" in note and "has not segmented" in note, note

@@ -119,7 +119,9 @@ fn route_blocking(app: &App, path: &str) -> Response<Body> {
                     v["result_objects"] = serde_json::to_value(
                         job.results
                             .iter()
-                            .chain(job.edits.iter().map(|e| &e.sr_sop_instance_uid))
+                            .chain(job.edits.iter().flat_map(|e| {
+                                [&e.sr_sop_instance_uid, &e.picture_sop_instance_uid]
+                            }))
                             .filter_map(|u| app.store.result(u).ok().flatten())
                             .collect::<Vec<_>>(),
                     )
@@ -182,17 +184,11 @@ fn job_picture(app: &App, id: &str, ext: &str) -> Response<Body> {
             &format!("job {id} has no results yet (state {:?})", job.state),
         );
     };
+    // After a person's edit, the picture made with the edited volumes.
     let picture = job
         .edits
         .last()
-        .map(|e| e.sr_sop_instance_uid.clone() + "-picture")
-        .filter(|p| {
-            app.store
-                .root()
-                .join("pictures")
-                .join(format!("{p}.{ext}"))
-                .is_file()
-        })
+        .map(|e| e.picture_sop_instance_uid.clone())
         .unwrap_or_else(|| m.uids.picture.clone());
     match std::fs::read(
         app.store

@@ -4,6 +4,7 @@
 //! so after a restart the worker resumes each job from its last state. A gated
 //! job waits while no model is loaded.
 
+mod edit;
 mod report;
 
 use std::collections::BTreeMap;
@@ -137,14 +138,23 @@ fn gate_job(app: &App, job: &JobRecord) -> anyhow::Result<Option<Decoded>> {
         app.store.put_scanner_history(&k, &h)?;
     }
     let codes = decision.codes();
+    let returned = codes.contains(&"returned_result");
     let note = if decision.passed {
         "gate passed".to_string()
+    } else if returned && instances.iter().any(|i| i.modality == "SEG") {
+        // A person's edit of our segmentation: measured again, reported verified.
+        match edit::apply(app, &instances) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(job = %job.id, error = %format!("{e:#}"), "returned segmentation not applied");
+                format!("returned segmentation not applied: {e:#}")
+            }
+        }
     } else {
         format!("refused: {}", codes.join(", "))
     };
     // A refused source series gets its notice before the job records the refusal,
     // so a crash in between repeats the step and rewrites the same object.
-    let returned = decision.codes().contains(&"returned_result");
     let notice = if decision.passed || returned {
         None
     } else {

@@ -80,7 +80,7 @@ pub fn run(app: &App, id: &str, mut done: Option<Segmented>) -> Result<bool> {
 }
 
 /// The volume decoded again and the labels read back from their NIfTI file.
-fn reload(app: &App, job: &JobRecord) -> Result<Segmented> {
+pub fn reload(app: &App, job: &JobRecord) -> Result<Segmented> {
     let inf = job
         .inference
         .as_ref()
@@ -302,8 +302,11 @@ fn write_results(app: &App, job: &JobRecord, s: &Segmented, src: &Source) -> Res
         study_uid: &job.study_instance_uid,
         source_series_uid: &job.series_instance_uid,
         source_instances: &instances,
-        seg: (&u.seg, &u.seg_series),
+        seg: (seg::SEGMENTATION_STORAGE, &u.seg, &u.seg_series),
         measurements: &rec.regions,
+        segment_numbers: &(1..=rec.regions.len() as u16)
+            .map(|k| vec![k])
+            .collect::<Vec<_>>(),
         tracking_uids: &rec.tracking_uids,
         changes: &rec.changes,
         earlier: &rec.earlier,

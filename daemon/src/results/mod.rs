@@ -7,6 +7,7 @@
 pub mod codes;
 pub mod notice;
 pub mod seg;
+pub mod seg_read;
 pub mod sr;
 pub mod trend;
 

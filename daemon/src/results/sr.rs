@@ -41,9 +41,11 @@ pub struct Report<'a> {
     pub source_series_uid: &'a str,
     /// (SOP class, SOP instance) of every source instance
     pub source_instances: &'a [(String, String)],
-    /// The SEG the groups reference: (instance, series); segment k+1 is region k.
-    pub seg: (&'a str, &'a str),
+    /// The SEG the groups reference: (SOP class, instance, series).
+    pub seg: (&'a str, &'a str, &'a str),
     pub measurements: &'a [RegionMeasurement],
+    /// Per measurement, the SEG segment number(s) it measured.
+    pub segment_numbers: &'a [Vec<u16>],
     pub tracking_uids: &'a [String],
     pub changes: &'a BTreeMap<String, RegionChange>,
     /// The visits dated before this one (for the prior volumes)
@@ -239,10 +241,7 @@ pub fn build(r: &Report) -> anyhow::Result<FileDicomObject<InMemDicomObject>> {
             r.study_uid,
             &[
                 (r.source_series_uid, r.source_instances.to_vec()),
-                (
-                    r.seg.1,
-                    vec![(super::seg::SEGMENTATION_STORAGE.into(), r.seg.0.into())],
-                ),
+                (r.seg.2, vec![(r.seg.0.into(), r.seg.1.into())]),
             ],
         ),
     );
@@ -389,11 +388,11 @@ fn group(r: &Report, k: usize, m: &RegionMeasurement) -> InMemDicomObject {
         "IMAGE",
         c("121191", "DCM", "Referenced Segment"),
     );
-    let mut rs = super::sop_ref(super::seg::SEGMENTATION_STORAGE, r.seg.0);
+    let mut rs = super::sop_ref(r.seg.0, r.seg.1);
     rs.put(DataElement::new(
         tags::REFERENCED_SEGMENT_NUMBER,
         VR::US,
-        PrimitiveValue::from((k + 1) as u16),
+        PrimitiveValue::U16(r.segment_numbers[k].iter().copied().collect()),
     ));
     put_item(&mut seg, tags::REFERENCED_SOP_SEQUENCE, rs);
     g.push(seg);

@@ -14,6 +14,10 @@ pub const STORAGE_SOP_CLASSES: &[(&str, &str)] = &[
         "Legacy Converted Enhanced MR Image Storage",
     ),
     ("1.2.840.10008.5.1.4.1.1.66.4", "Segmentation Storage"),
+    (
+        "1.2.840.10008.5.1.4.1.1.66.7",
+        "Label Map Segmentation Storage",
+    ),
     ("1.2.840.10008.5.1.4.1.1.88.22", "Enhanced SR Storage"),
     ("1.2.840.10008.5.1.4.1.1.88.33", "Comprehensive SR Storage"),
     (

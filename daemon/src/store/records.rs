@@ -226,9 +226,10 @@ pub struct EditRecord {
     pub dice: std::collections::BTreeMap<String, f64>,
     pub regions: Vec<crate::measure::RegionMeasurement>,
     pub changes: std::collections::BTreeMap<String, crate::measure::history::RegionChange>,
-    /// The verified SR written for it
+    /// The verified SR and the new trend picture written for it
     pub sr_sop_instance_uid: String,
     pub sr_series_uid: String,
+    pub picture_sop_instance_uid: String,
 }
 
 /// The segmentation of one series: where the labels are and what they count.
