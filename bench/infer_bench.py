@@ -1,14 +1,17 @@
-"""Segmentation of one 256x256x176 1 mm series, stage by stage, per backend, with
-Python onnxruntime on the same patches in the same run.
+"""One 256x256x176 1 mm series from its last C-STORE to committed results (SEG,
+SR, trend picture), stage by stage, per backend, with Python onnxruntime on the
+same patches in the same run.
 
     python bench/infer_bench.py [--scanside $CARGO_TARGET_DIR/release/scanside]
 
 For ort and tract: a daemon (release build) receives the series over DICOM
-(storescu), gates and segments it; we read the job's stage timings (decode, gate,
-resample, infer, post) and the daemon's peak RSS (VmHWM). Then Python's
+(storescu), gates, segments, measures and writes its results; we read the job's
+stage timings (decode, gate, resample, infer, post, then measure and write from
+the job's state times), the time from the last instance stored to results
+committed, and the daemon's peak RSS (VmHWM). Then Python's
 onnxruntime runs the same number of 64^3 patches with the same thread count, and
 the ratio daemon-ort infer / Python onnxruntime is reported. Goals (2-core CPU):
-total under 60 s with ort, ort within 1.1x of Python onnxruntime, peak RSS under
+last C-STORE -> results committed under 60 s with ort, ort within 1.1x of Python onnxruntime, peak RSS under
 2 GiB.
 """
 import argparse
@@ -49,15 +52,21 @@ def run_daemon(workdir, paths, backend, threads):
         assert r.returncode == 0, r.stderr
         while time.time() - t0 < 1200:
             jobs = d.jobs()
-            if jobs and jobs[0]["state"] in ("inferred", "rejected", "failed"):
+            if jobs and jobs[0]["state"] in ("written", "rejected", "failed"):
                 break
             time.sleep(0.2)
         job = d.get_json(f"/api/v1/jobs/{jobs[0]['id']}")[1]
-        assert job["state"] == "inferred", job
+        assert job["state"] == "written", job
         hist = {h["state"]: h["at_ms"] for h in job["history"]}
+        stage_ms = dict(job["inference"]["stage_ms"])
+        stage_ms["measure"] = hist["measured"] - hist["inferred"]
+        stage_ms["write"] = hist["written"] - hist["measured"]
         return {
-            "stage_ms": job["inference"]["stage_ms"],
+            "stage_ms": stage_ms,
             "complete_to_inferred_ms": hist["inferred"] - hist["complete"],
+            "complete_to_written_ms": hist["written"] - hist["complete"],
+            # Includes the series' completion wait (release_quiet_s = 1).
+            "last_store_to_written_ms": hist["written"] - job["series"]["last_received_ms"],
             "patches": job["inference"]["patches"],
             "model_grid": job["inference"]["model_grid"],
             "peak_rss_mib": peak_rss_mib(d.proc.pid),
@@ -101,7 +110,9 @@ def main():
     for b, r in results.items():
         s = r["stage_ms"]
         print(f"{b:6s} decode {s['decode']} ms, gate {s.get('gate', 0)} ms, resample {s['resample']} ms, "
-              f"infer {s['infer']} ms, post {s['post']} ms; complete->inferred {r['complete_to_inferred_ms'] / 1000:.1f} s; "
+              f"infer {s['infer']} ms, post {s['post']} ms, measure {s['measure']} ms, write {s['write']} ms; "
+              f"complete->written {r['complete_to_written_ms'] / 1000:.1f} s, "
+              f"last C-STORE->written {r['last_store_to_written_ms'] / 1000:.1f} s; "
               f"peak RSS {r['peak_rss_mib']:.0f} MiB; whole tumour {r['whole_tumour_ml']:.1f} mL")
     print(f"python onnxruntime, same {n} patches: {py_ms:.0f} ms")
     if "ort" in results:

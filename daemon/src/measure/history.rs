@@ -207,7 +207,7 @@ mod tests {
         upsert(&mut h, v.clone());
         let c = &changes(&h, &v, T)["whole_tumour"];
         // Doubled in 30 days: SGR = ln 2 / 30 per day, doubling time 30 days.
-        assert!((c.growth_rate_per_day.unwrap() - 0.693147180559945 / 30.0).abs() < 1e-12);
+        assert!((c.growth_rate_per_day.unwrap() - std::f64::consts::LN_2 / 30.0).abs() < 1e-12);
         assert!((c.doubling_time_days.unwrap() - 30.0).abs() < 1e-9);
         let p = c.previous.as_ref().unwrap();
         assert_eq!(
