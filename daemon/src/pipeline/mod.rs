@@ -375,34 +375,14 @@ fn write_notice(
         .media_storage_sop_instance_uid()
         .trim_end_matches('\0')
         .to_string();
-    let tmp = app.store.tmp_dir().join(format!("notice-{}.part", job.id));
-    obj.write_to_file(&tmp)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    let study = source
-        .element(dicom_dictionary_std::tags::STUDY_INSTANCE_UID)
-        .ok()
-        .and_then(|e| e.to_str().ok())
-        .map(|s| s.trim_end_matches('\0').to_string())
-        .unwrap_or_default();
-    let series = obj
-        .element(dicom_dictionary_std::tags::SERIES_INSTANCE_UID)
-        .ok()
-        .and_then(|e| e.to_str().ok())
-        .map(|s| s.to_string())
-        .unwrap_or_default();
-    app.store.commit_result(
-        &tmp,
-        &crate::store::ResultRecord {
-            sop_instance_uid: sop.clone(),
-            sop_class_uid: notice::BASIC_TEXT_SR.into(),
-            study_uid: study,
-            series_uid: series,
-            job_id: job.id.clone(),
-            kind: "not_processed_notice".into(),
-            path: String::new(),
-            created_at_ms: crate::store::now_ms(),
-        },
+    let series = crate::results::text(&obj, dicom_dictionary_std::tags::SERIES_INSTANCE_UID);
+    report::commit(
+        app,
+        job,
+        obj,
+        notice::BASIC_TEXT_SR,
+        &series,
+        "not_processed_notice",
     )?;
     app.metrics.inc("scanside_notices_written_total", "");
     Ok(sop)

@@ -225,6 +225,19 @@ impl Plot {
     fn y(&self, v: f64) -> f64 {
         self.y1 - v / self.vmax * (self.y1 - self.y0)
     }
+
+    /// A region's points (x, y, is this visit) over the visits that have it.
+    fn points(&self, t: &Trend, key: &str) -> Vec<(f64, f64, bool)> {
+        t.visits
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| {
+                v.volumes_ml
+                    .get(key)
+                    .map(|&ml| (self.x(i), self.y(ml), v.study_uid == t.this_study))
+            })
+            .collect()
+    }
 }
 
 fn nice_ceiling(v: f64) -> f64 {
@@ -292,16 +305,7 @@ pub fn render(t: &Trend, key: Option<&KeySlice>) -> Vec<u8> {
     }
     for (k, r) in t.regions.iter().enumerate() {
         let col = COLOURS[k % COLOURS.len()];
-        let pts: Vec<(f64, f64, bool)> = t
-            .visits
-            .iter()
-            .enumerate()
-            .filter_map(|(i, v)| {
-                v.volumes_ml
-                    .get(&r.key)
-                    .map(|&ml| (p.x(i), p.y(ml), v.study_uid == t.this_study))
-            })
-            .collect();
+        let pts = p.points(t, &r.key);
         for w in pts.windows(2) {
             c.line((w[0].0, w[0].1), (w[1].0, w[1].1), 2, 0, col);
         }
@@ -461,15 +465,10 @@ pub fn svg(t: &Trend, key_png: Option<&[u8]>) -> String {
     for (k, r) in t.regions.iter().enumerate() {
         let [cr, cg, cb] = COLOURS[k % COLOURS.len()];
         let col = format!("#{cr:02x}{cg:02x}{cb:02x}");
-        let pts: Vec<String> = t
-            .visits
+        let pts: Vec<String> = p
+            .points(t, &r.key)
             .iter()
-            .enumerate()
-            .filter_map(|(i, v)| {
-                v.volumes_ml
-                    .get(&r.key)
-                    .map(|&ml| format!("{:.1},{:.1}", p.x(i), p.y(ml)))
-            })
+            .map(|(x, y, _)| format!("{x:.1},{y:.1}"))
             .collect();
         s += &format!(
             "<polyline class=\"region\" data-region=\"{}\" points=\"{}\" fill=\"none\" stroke=\"{col}\" stroke-width=\"2\"/>\n",
