@@ -24,7 +24,6 @@ pub const NO: Code = c("373067005", "SCT", "No");
 
 /// Our private coding scheme, declared in each SR's Coding Scheme Identification.
 pub const PRIVATE_SCHEME: &str = "99SCANSIDE";
-pub const LONGITUDINAL: Code = c("LONG01", PRIVATE_SCHEME, "Longitudinal volume summary");
 pub const VISIT_VOLUME: Code = c("LONG02", PRIVATE_SCHEME, "Volume at visit");
 pub const CHANGE_PREVIOUS_ML: Code = c(
     "LONG03",

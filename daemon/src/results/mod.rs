@@ -124,6 +124,28 @@ pub fn copy_patient_study(src: &InMemDicomObject, o: &mut InMemDicomObject) {
     }
 }
 
+/// SOP Common and General Series of an object we produce: a series of its own.
+#[allow(clippy::too_many_arguments)]
+pub fn put_identity(
+    o: &mut InMemDicomObject,
+    class: &str,
+    sop: &str,
+    created: (&str, &str),
+    modality: &str,
+    series: &str,
+    series_number: u32,
+    description: &str,
+) {
+    put(o, tags::SOP_CLASS_UID, VR::UI, class);
+    put(o, tags::SOP_INSTANCE_UID, VR::UI, sop);
+    put(o, tags::INSTANCE_CREATION_DATE, VR::DA, created.0);
+    put(o, tags::INSTANCE_CREATION_TIME, VR::TM, created.1);
+    put(o, tags::MODALITY, VR::CS, modality);
+    put(o, tags::SERIES_INSTANCE_UID, VR::UI, series);
+    put(o, tags::SERIES_NUMBER, VR::IS, &series_number.to_string());
+    put(o, tags::SERIES_DESCRIPTION, VR::LO, description);
+}
+
 /// General and Enhanced General Equipment: the appliance and its model.
 pub fn put_equipment(o: &mut InMemDicomObject, model: &ModelId) {
     put(o, tags::MANUFACTURER, VR::LO, "scanside");

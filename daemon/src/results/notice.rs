@@ -53,17 +53,14 @@ pub fn build(
     ]);
     let series_uid = derived_uid(&["notice-series", s.job_id, s.series_uid]);
     // SOP Common, SR Document Series, General Equipment.
-    put(&mut o, tags::SOP_CLASS_UID, VR::UI, BASIC_TEXT_SR);
-    put(&mut o, tags::SOP_INSTANCE_UID, VR::UI, &sop_uid);
-    put(&mut o, tags::INSTANCE_CREATION_DATE, VR::DA, now.0);
-    put(&mut o, tags::INSTANCE_CREATION_TIME, VR::TM, now.1);
-    put(&mut o, tags::MODALITY, VR::CS, "SR");
-    put(&mut o, tags::SERIES_INSTANCE_UID, VR::UI, &series_uid);
-    put(&mut o, tags::SERIES_NUMBER, VR::IS, "9901");
-    put(
+    super::put_identity(
         &mut o,
-        tags::SERIES_DESCRIPTION,
-        VR::LO,
+        BASIC_TEXT_SR,
+        &sop_uid,
+        now,
+        "SR",
+        &series_uid,
+        9901,
         "scanside: series not processed",
     );
     put_seq(

@@ -65,23 +65,15 @@ pub fn build(
     );
     let mut o = InMemDicomObject::new_empty();
     copy_patient_study(src.first, &mut o);
-    put(&mut o, tags::SOP_CLASS_UID, VR::UI, SEGMENTATION_STORAGE);
-    put(&mut o, tags::SOP_INSTANCE_UID, VR::UI, out.sop_uid);
-    put(&mut o, tags::INSTANCE_CREATION_DATE, VR::DA, out.created.0);
-    put(&mut o, tags::INSTANCE_CREATION_TIME, VR::TM, out.created.1);
-    // General Series, Segmentation Series.
-    put(&mut o, tags::MODALITY, VR::CS, "SEG");
-    put(&mut o, tags::SERIES_INSTANCE_UID, VR::UI, out.series_uid);
-    put(
+    // SOP Common, General Series, Segmentation Series.
+    super::put_identity(
         &mut o,
-        tags::SERIES_NUMBER,
-        VR::IS,
-        &out.series_number.to_string(),
-    );
-    put(
-        &mut o,
-        tags::SERIES_DESCRIPTION,
-        VR::LO,
+        SEGMENTATION_STORAGE,
+        out.sop_uid,
+        out.created,
+        "SEG",
+        out.series_uid,
+        out.series_number,
         &format!("scanside tumour segmentation ({})", out.model.name),
     );
     // Frame of Reference: the source's.

@@ -139,10 +139,6 @@ fn date_text(d: &str) -> String {
 pub fn build(r: &Report) -> anyhow::Result<FileDicomObject<InMemDicomObject>> {
     let mut o = InMemDicomObject::new_empty();
     copy_patient_study(r.first, &mut o);
-    put(&mut o, tags::SOP_CLASS_UID, VR::UI, ENHANCED_SR);
-    put(&mut o, tags::SOP_INSTANCE_UID, VR::UI, r.sop_uid);
-    put(&mut o, tags::INSTANCE_CREATION_DATE, VR::DA, r.created.0);
-    put(&mut o, tags::INSTANCE_CREATION_TIME, VR::TM, r.created.1);
     // Our private scheme, declared.
     let mut scheme = InMemDicomObject::new_empty();
     put(
@@ -164,24 +160,20 @@ pub fn build(r: &Report) -> anyhow::Result<FileDicomObject<InMemDicomObject>> {
         "scanside",
     );
     put_item(&mut o, tags::CODING_SCHEME_IDENTIFICATION_SEQUENCE, scheme);
-    // SR Document Series, General Equipment.
-    put(&mut o, tags::MODALITY, VR::CS, "SR");
-    put(&mut o, tags::SERIES_INSTANCE_UID, VR::UI, r.series_uid);
-    put(
-        &mut o,
-        tags::SERIES_NUMBER,
-        VR::IS,
-        &r.series_number.to_string(),
-    );
     let what = if r.verification.is_some() {
         "verified"
     } else {
         "preliminary AI"
     };
-    put(
+    // SOP Common, SR Document Series.
+    super::put_identity(
         &mut o,
-        tags::SERIES_DESCRIPTION,
-        VR::LO,
+        ENHANCED_SR,
+        r.sop_uid,
+        r.created,
+        "SR",
+        r.series_uid,
+        r.series_number,
         &format!("scanside tumour volumes ({what})"),
     );
     put_seq(

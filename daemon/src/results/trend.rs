@@ -541,22 +541,14 @@ pub fn secondary_capture(
 ) -> anyhow::Result<FileDicomObject<InMemDicomObject>> {
     let mut o = InMemDicomObject::new_empty();
     copy_patient_study(sc.first, &mut o);
-    put(&mut o, tags::SOP_CLASS_UID, VR::UI, SECONDARY_CAPTURE);
-    put(&mut o, tags::SOP_INSTANCE_UID, VR::UI, sc.sop_uid);
-    put(&mut o, tags::INSTANCE_CREATION_DATE, VR::DA, sc.created.0);
-    put(&mut o, tags::INSTANCE_CREATION_TIME, VR::TM, sc.created.1);
-    put(&mut o, tags::MODALITY, VR::CS, "OT");
-    put(&mut o, tags::SERIES_INSTANCE_UID, VR::UI, sc.series_uid);
-    put(
+    super::put_identity(
         &mut o,
-        tags::SERIES_NUMBER,
-        VR::IS,
-        &sc.series_number.to_string(),
-    );
-    put(
-        &mut o,
-        tags::SERIES_DESCRIPTION,
-        VR::LO,
+        SECONDARY_CAPTURE,
+        sc.sop_uid,
+        sc.created,
+        "OT",
+        sc.series_uid,
+        sc.series_number,
         "scanside tumour volume trend",
     );
     put(&mut o, tags::LATERALITY, VR::CS, "");
