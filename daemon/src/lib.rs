@@ -13,6 +13,7 @@ pub mod infer;
 pub mod inspect;
 pub mod measure;
 pub mod metrics;
+pub mod outbox;
 pub mod pipeline;
 pub mod results;
 pub mod scp;
@@ -42,6 +43,8 @@ pub struct App {
     pub heartbeat: sys::Heartbeat,
     pub active_associations: Arc<std::sync::atomic::AtomicUsize>,
     pub model: Arc<infer::ModelSlot>,
+    /// Per upstream destination: up/down, since, last error, back-off.
+    pub links: outbox::Links,
 }
 
 impl App {
@@ -68,6 +71,19 @@ impl App {
         let loaded = self.model.status().loaded;
         self.metrics
             .set_gauge("scanside_model_loaded", "", if loaded { 1.0 } else { 0.0 });
+        let links = self.links.snapshot();
+        for (dest, (pending, oldest, dead)) in outbox::queue_stats(self) {
+            let l = format!("destination=\"{dest}\"");
+            self.metrics
+                .set_gauge("scanside_outbox_pending", &l, pending as f64);
+            self.metrics
+                .set_gauge("scanside_outbox_oldest_pending_seconds", &l, oldest);
+            self.metrics
+                .set_gauge("scanside_outbox_dead_letters", &l, dead as f64);
+            let up = links.get(&dest).and_then(|s| s.up).unwrap_or(false);
+            self.metrics
+                .set_gauge("scanside_upstream_up", &l, if up { 1.0 } else { 0.0 });
+        }
     }
 }
 
@@ -103,8 +119,16 @@ pub async fn run(config: Config) -> Result<()> {
         heartbeat: sys::Heartbeat::default(),
         active_associations: Default::default(),
         model: Default::default(),
+        links: Default::default(),
         config,
     });
+    app.store.set_destinations(
+        app.config
+            .upstream
+            .iter()
+            .map(|u| u.ae_title.clone())
+            .collect(),
+    );
     app.heartbeat.beat();
 
     let dicom_addr = app.config.dicom_listen();
@@ -128,6 +152,7 @@ pub async fn run(config: Config) -> Result<()> {
             .load(&model_app.config.inference, &model_app.engine_cache_dir());
     });
     tokio::spawn(pipeline::run(app.clone(), stop_rx.clone()));
+    tokio::spawn(outbox::run(app.clone(), stop_rx.clone()));
     tokio::spawn(sys::watchdog(app.clone()));
     tokio::spawn(async move {
         wait_for_stop_signal().await;

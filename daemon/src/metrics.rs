@@ -119,6 +119,41 @@ const HELP: &[(&str, &str, &str)] = &[
         "Dice between the AI's and a person's edited segmentation, by region (model monitoring)",
     ),
     (
+        "scanside_outbox_delivered_total",
+        "counter",
+        "Result objects delivered upstream, by destination",
+    ),
+    (
+        "scanside_outbox_retries_total",
+        "counter",
+        "Failed forwarding attempts retried (link down, or an object refused), by destination",
+    ),
+    (
+        "scanside_outbox_dead_letters_total",
+        "counter",
+        "Objects dead-lettered after max_tries refusals, by destination",
+    ),
+    (
+        "scanside_outbox_pending",
+        "gauge",
+        "Objects waiting to be delivered, by destination",
+    ),
+    (
+        "scanside_outbox_oldest_pending_seconds",
+        "gauge",
+        "Age of the oldest undelivered object, by destination",
+    ),
+    (
+        "scanside_outbox_dead_letters",
+        "gauge",
+        "Dead-lettered objects kept for replay, by destination",
+    ),
+    (
+        "scanside_upstream_up",
+        "gauge",
+        "1 while the last association to the destination succeeded",
+    ),
+    (
         "scanside_jobs_over_budget_total",
         "counter",
         "Jobs that took longer than [budget] seconds from series completion",

@@ -48,6 +48,7 @@ class Daemon:
             min_free_bytes=1 << 20, idle_timeout_s=60, release_quiet_s=1,
             peers=[("*", "127.0.0.1")], gate={},
             inference={"backend": '"ort"', "ort_library": toml_str(ort_library())},
+            upstream=[],
         )
         self.settings.update(overrides)
         self.proc = None
@@ -60,6 +61,8 @@ class Daemon:
         inference = "".join(f"{k} = {v}\n" for k, v in s["inference"].items())
         peers = "".join(
             f'[[dicom.allowed_peers]]\nae_title = "{ae}"\naddress = "{addr}"\n' for ae, addr in s["peers"])
+        upstream = "".join("[[upstream]]\n" + "".join(f"{k} = {v}\n" for k, v in u.items()) + "\n"
+                           for u in s["upstream"])
         with open(self.config_path, "w") as f:
             f.write(f"""
 [dicom]
@@ -84,7 +87,7 @@ listen = "127.0.0.1:{self.http_port}"
 {gate}
 [inference]
 {inference}
-""")
+{upstream}""")
 
     def start(self, env=None, wait=True, watchdog_pid=False):
         e = dict(os.environ)

@@ -31,6 +31,47 @@ pub struct Config {
     pub budget: BudgetConfig,
     #[serde(default)]
     pub measure: MeasureConfig,
+    /// Where results are forwarded (none: they stay on the box).
+    #[serde(default)]
+    pub upstream: Vec<UpstreamConfig>,
+}
+
+/// One upstream destination (a PACS at the hub) for the forwarder.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Its AE title (called AE); also names the destination in metrics and the API.
+    pub ae_title: String,
+    pub host: String,
+    pub port: u16,
+    /// Our calling AE title toward it; default: dicom.ae_title.
+    #[serde(default)]
+    pub calling_ae_title: Option<String>,
+    /// Objects per association.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    /// Tries of an object the destination refuses (permanent error) before it is
+    /// dead-lettered with the reason. Transient errors are retried without limit.
+    #[serde(default = "default_max_tries")]
+    pub max_tries: u32,
+    /// Back-off after a failure: starts here, doubles, capped, with +-25% jitter.
+    #[serde(default = "default_retry_initial_s")]
+    pub retry_initial_s: f64,
+    #[serde(default = "default_retry_max_s")]
+    pub retry_max_s: f64,
+}
+
+fn default_batch() -> usize {
+    50
+}
+fn default_max_tries() -> u32 {
+    5
+}
+fn default_retry_initial_s() -> f64 {
+    2.0
+}
+fn default_retry_max_s() -> f64 {
+    300.0
 }
 
 /// The longitudinal figures: the volumetric progression flag (decision support).
@@ -536,6 +577,45 @@ impl Config {
         }
         if self.budget.seconds == 0 {
             err("budget.seconds", "must be at least 1".into());
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, u) in self.upstream.iter().enumerate() {
+            let key = |k: &str| format!("upstream[{i}].{k}");
+            if let Err(e) = check_ae_title(&u.ae_title) {
+                err(&key("ae_title"), e);
+            }
+            if !seen.insert(u.ae_title.clone()) {
+                err(
+                    &key("ae_title"),
+                    format!("{:?} names two upstreams", u.ae_title),
+                );
+            }
+            if let Some(c) = &u.calling_ae_title {
+                if let Err(e) = check_ae_title(c) {
+                    err(&key("calling_ae_title"), e);
+                }
+            }
+            if u.host.trim().is_empty() {
+                err(&key("host"), "must name a host".into());
+            }
+            if u.port == 0 {
+                err(&key("port"), "must be 1-65535".into());
+            }
+            if u.batch == 0 {
+                err(&key("batch"), "must be at least 1".into());
+            }
+            if u.max_tries == 0 {
+                err(&key("max_tries"), "must be at least 1".into());
+            }
+            if !(u.retry_initial_s.is_finite()
+                && u.retry_initial_s > 0.0
+                && u.retry_max_s >= u.retry_initial_s)
+            {
+                err(
+                    &key("retry_initial_s"),
+                    "needs 0 < retry_initial_s <= retry_max_s".into(),
+                );
+            }
         }
         let m = &self.measure;
         if !(m.progression_pct.is_finite() && m.progression_pct > 0.0) {

@@ -40,6 +40,22 @@ impl StoreScu {
         Ok(StoreScu { assoc, next_id: 1 })
     }
 
+    /// Whether the peer accepted a presentation context for `class`.
+    pub fn accepts(&self, class: &str) -> bool {
+        self.context(class).is_some()
+    }
+
+    fn context(&self, class: &str) -> Option<u8> {
+        self.assoc
+            .presentation_contexts()
+            .iter()
+            .find(|p| {
+                p.abstract_syntax.trim_end_matches('\0') == class
+                    && p.reason == dicom_ul::pdu::PresentationContextResultReason::Acceptance
+            })
+            .map(|p| p.id)
+    }
+
     /// Sends one object; returns the C-STORE-RSP status.
     pub fn store(&mut self, obj: &FileDicomObject<InMemDicomObject>) -> Result<u16> {
         let class = obj
@@ -52,29 +68,31 @@ impl StoreScu {
             .media_storage_sop_instance_uid()
             .trim_end_matches('\0')
             .to_string();
-        let pc = self
-            .assoc
-            .presentation_contexts()
-            .iter()
-            .find(|p| p.abstract_syntax.trim_end_matches('\0') == class)
-            .ok_or_else(|| anyhow!("the peer accepted no presentation context for {class}"))?
-            .id;
         let ts = dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN.erased();
         let mut data = Vec::new();
         obj.write_dataset_with_ts(&mut data, &ts)
             .map_err(|e| anyhow!("cannot encode the data set: {e}"))?;
+        self.store_raw(&class, &sop, &data)
+    }
+
+    /// Sends a data set already encoded in explicit VR little endian (the bytes of a
+    /// Part 10 file after its meta group), so the peer gets exactly what we stored.
+    pub fn store_raw(&mut self, class: &str, sop: &str, data: &[u8]) -> Result<u16> {
+        let pc = self
+            .context(class)
+            .ok_or_else(|| anyhow!("the peer accepted no presentation context for {class}"))?;
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1).max(1);
         let mut rq = CommandSet::new();
-        rq.set_uid(tags::AFFECTED_SOP_CLASS_UID, &class)
+        rq.set_uid(tags::AFFECTED_SOP_CLASS_UID, class)
             .set_u16(tags::COMMAND_FIELD, CommandField::CStoreRq as u16)
             .set_u16(tags::MESSAGE_ID, id)
             .set_u16(tags::PRIORITY, 0)
             .set_u16(tags::COMMAND_DATA_SET_TYPE, 0x0000)
-            .set_uid(tags::AFFECTED_SOP_INSTANCE_UID, &sop);
+            .set_uid(tags::AFFECTED_SOP_INSTANCE_UID, sop);
         self.assoc.send(&command_pdu(pc, &rq))?;
         let max = self.assoc.acceptor_max_pdu_length();
-        for pdu in data_pdus(pc, &data, max) {
+        for pdu in data_pdus(pc, data, max) {
             self.assoc.send(&pdu)?;
         }
         let mut asm = Assembler::new();

@@ -93,6 +93,10 @@ fn route_blocking(app: &App, path: &str) -> Response<Body> {
             ),
             Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &format!("store: {e}")),
         },
+        "/api/v1/outbox" => match app.store.outbox_entries(None) {
+            Ok(e) => json_response(StatusCode::OK, serde_json::to_value(e).unwrap_or_default()),
+            Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &format!("store: {e}")),
+        },
         p if p.starts_with("/api/v1/patients/") => patient(app, &p["/api/v1/patients/".len()..]),
         p if p.starts_with("/api/v1/jobs/")
             && (p.ends_with("/trend.png") || p.ends_with("/trend.svg")) =>
@@ -261,6 +265,30 @@ fn patient(app: &App, rest: &str) -> Response<Body> {
     )
 }
 
+/// Link and queue state per upstream destination.
+fn upstreams(app: &App) -> serde_json::Value {
+    let links = app.links.snapshot();
+    let stats = crate::outbox::queue_stats(app);
+    let mut m = serde_json::Map::new();
+    for u in &app.config.upstream {
+        let (pending, oldest, dead) = stats.get(&u.ae_title).copied().unwrap_or_default();
+        let l = links.get(&u.ae_title).cloned().unwrap_or_default();
+        m.insert(
+            u.ae_title.clone(),
+            json!({
+                "address": format!("{}:{}", u.host, u.port),
+                "link": match l.up { Some(true) => "up", Some(false) => "down", None => "unknown" },
+                "since_ms": l.since_ms,
+                "last_error": l.last_error,
+                "pending": pending,
+                "oldest_pending_s": oldest,
+                "dead_letters": dead,
+            }),
+        );
+    }
+    serde_json::Value::Object(m)
+}
+
 /// Milliseconds spent between consecutive states, keyed by the state entered.
 fn stage_timings(job: &crate::store::JobRecord) -> serde_json::Value {
     let mut m = serde_json::Map::new();
@@ -287,6 +315,7 @@ fn readyz(app: &App) -> Response<Body> {
         "disk_free_bytes": free,
         "min_free_bytes": app.config.storage.min_free_bytes,
         "open_series": app.series.open_count(),
+        "upstreams": upstreams(app),
     });
     let status = if ready {
         StatusCode::OK

@@ -12,8 +12,8 @@ pub use files::{
 };
 pub use files::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 pub use records::{
-    EditRecord, InferenceRecord, JobRecord, JobState, MeasurementRecord, ResultRecord, ResultUids,
-    SeriesRecord, SeriesState, StoredInstance,
+    EditRecord, InferenceRecord, JobRecord, JobState, MeasurementRecord, OutboxEntry, OutboxState,
+    ResultRecord, ResultUids, SeriesRecord, SeriesState, StoredInstance,
 };
 
 use std::fs::{self, File};
@@ -56,6 +56,10 @@ pub struct Store {
     pending: sled::Tree,
     /// patient key -> visits ordered by date
     patients: sled::Tree,
+    /// "<destination>\0<sequence, 20 digits>" -> OutboxEntry: commit order per destination
+    outbox: sled::Tree,
+    /// Upstream destinations every committed result is queued for.
+    destinations: std::sync::RwLock<Vec<String>>,
 }
 
 /// What a job transition did.
@@ -121,6 +125,8 @@ impl Store {
             by_series: db.open_tree("by_series")?,
             pending: db.open_tree("pending")?,
             patients: db.open_tree("patients")?,
+            outbox: db.open_tree("outbox")?,
+            destinations: Default::default(),
             db_file: Mutex::new((db_file, 0)),
             write_gen: AtomicU64::new(0),
             db,
@@ -650,10 +656,77 @@ impl Store {
             .into_owned();
         let mut rec = rec.clone();
         rec.path = rel.clone();
-        self.results
-            .insert(rec.sop_instance_uid.as_bytes(), serde_json::to_vec(&rec)?)?;
+        // The result and its outbox entries in one transaction: a crash leaves both
+        // or neither; the same object again is not queued twice.
+        let dests = self
+            .destinations
+            .read()
+            .map_err(|_| anyhow!("destinations lock poisoned"))?
+            .clone();
+        let seq = self.db.generate_id()?;
+        let res: Result<(), TransactionError<anyhow::Error>> = (&self.results, &self.outbox)
+            .transaction(|(results, outbox)| {
+                let abort = |e: serde_json::Error| ConflictableTransactionError::Abort(anyhow!(e));
+                let known = results.get(rec.sop_instance_uid.as_bytes())?.is_some();
+                results.insert(
+                    rec.sop_instance_uid.as_bytes(),
+                    serde_json::to_vec(&rec).map_err(abort)?,
+                )?;
+                if !known {
+                    for d in &dests {
+                        let e = records::OutboxEntry::new(d, seq, &rec);
+                        outbox.insert(e.key(), serde_json::to_vec(&e).map_err(abort)?)?;
+                    }
+                }
+                Ok(())
+            });
+        res.map_err(txn_error)?;
         self.sync()?;
         Ok(rel)
+    }
+
+    /// Sets the upstream destinations new results are queued for.
+    pub fn set_destinations(&self, d: Vec<String>) {
+        if let Ok(mut w) = self.destinations.write() {
+            *w = d;
+        }
+    }
+
+    /// A destination's undelivered entries in commit order, up to `limit`, that are
+    /// due at `now` (the first one not yet due stops the list: order is kept).
+    pub fn outbox_due(
+        &self,
+        dest: &str,
+        now: u64,
+        limit: usize,
+    ) -> Result<Vec<records::OutboxEntry>> {
+        let mut out = Vec::new();
+        for kv in self.outbox.scan_prefix(format!("{dest}\0").as_bytes()) {
+            let e: records::OutboxEntry = serde_json::from_slice(&kv?.1)?;
+            if e.state != records::OutboxState::Pending {
+                continue;
+            }
+            if e.next_try_ms > now || out.len() >= limit {
+                break;
+            }
+            out.push(e);
+        }
+        Ok(out)
+    }
+
+    /// Every entry of a destination (or all when None), in commit order.
+    pub fn outbox_entries(&self, dest: Option<&str>) -> Result<Vec<records::OutboxEntry>> {
+        let prefix = dest.map(|d| format!("{d}\0")).unwrap_or_default();
+        self.outbox
+            .scan_prefix(prefix.as_bytes())
+            .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
+            .collect()
+    }
+
+    /// Stores an entry's new state (delivered, retried, dead-lettered).
+    pub fn outbox_update(&self, e: &records::OutboxEntry) -> Result<()> {
+        self.outbox.insert(e.key(), serde_json::to_vec(e)?)?;
+        self.sync()
     }
 
     pub fn result(&self, sop_instance_uid: &str) -> Result<Option<ResultRecord>> {

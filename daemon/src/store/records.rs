@@ -334,3 +334,57 @@ impl JobRecord {
         });
     }
 }
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OutboxState {
+    Pending,
+    Delivered,
+    /// Refused by the destination max_tries times: kept, not retried, listed.
+    Dead,
+}
+
+/// One object to send to one destination.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OutboxEntry {
+    pub destination: String,
+    /// Commit order (per store, increasing)
+    pub seq: u64,
+    pub sop_instance_uid: String,
+    pub sop_class_uid: String,
+    pub kind: String,
+    pub job_id: String,
+    /// Relative to the data dir
+    pub path: String,
+    pub created_ms: u64,
+    pub state: OutboxState,
+    /// Tries the destination refused (permanent errors)
+    pub tries: u32,
+    pub next_try_ms: u64,
+    pub last_error: Option<String>,
+    pub delivered_ms: Option<u64>,
+}
+
+impl OutboxEntry {
+    pub fn new(dest: &str, seq: u64, r: &ResultRecord) -> Self {
+        OutboxEntry {
+            destination: dest.to_string(),
+            seq,
+            sop_instance_uid: r.sop_instance_uid.clone(),
+            sop_class_uid: r.sop_class_uid.clone(),
+            kind: r.kind.clone(),
+            job_id: r.job_id.clone(),
+            path: r.path.clone(),
+            created_ms: r.created_at_ms,
+            state: OutboxState::Pending,
+            tries: 0,
+            next_try_ms: 0,
+            last_error: None,
+            delivered_ms: None,
+        }
+    }
+
+    pub fn key(&self) -> Vec<u8> {
+        format!("{}\0{:020}", self.destination, self.seq).into_bytes()
+    }
+}

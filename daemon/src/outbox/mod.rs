@@ -1,0 +1,303 @@
+//! The forwarder: sends every committed result to each [[upstream]] in commit
+//! order, one association per batch, and marks an entry delivered only on a
+//! success (or warning) status. Errors are classed:
+//! - transient (connection refused/reset, timeout, association rejected, A7xx
+//!   out of resources): the link is down; the whole queue waits and is retried
+//!   with exponential back-off and jitter, capped, without limit;
+//! - permanent (the destination accepts no presentation context for the class,
+//!   A9xx/Cxxx refusals of the data): the entry is retried with back-off and,
+//!   after max_tries, dead-lettered with the reason (kept, listed, never deleted).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use serde::Serialize;
+
+use crate::config::UpstreamConfig;
+use crate::dimse::scu::StoreScu;
+use crate::store::{now_ms, OutboxEntry, OutboxState};
+use crate::App;
+
+/// What /readyz and the metrics say of one destination.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LinkState {
+    pub up: Option<bool>,
+    pub since_ms: u64,
+    pub last_error: Option<String>,
+    /// Failures in a row (the back-off exponent)
+    pub failures: u32,
+    pub next_attempt_ms: u64,
+}
+
+#[derive(Default)]
+pub struct Links(Mutex<BTreeMap<String, LinkState>>);
+
+impl Links {
+    pub fn snapshot(&self) -> BTreeMap<String, LinkState> {
+        self.0.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    fn update(&self, dest: &str, f: impl FnOnce(&mut LinkState)) {
+        if let Ok(mut m) = self.0.lock() {
+            f(m.entry(dest.to_string()).or_default());
+        }
+    }
+}
+
+/// Back-off after `failures` failures in a row: initial x 2^(n-1), capped, +-25%.
+pub fn backoff_ms(u: &UpstreamConfig, failures: u32, jitter: f64) -> u64 {
+    let base = u.retry_initial_s * 2f64.powi(failures.saturating_sub(1).min(30) as i32);
+    let capped = base.min(u.retry_max_s);
+    (capped * (0.75 + 0.5 * jitter.clamp(0.0, 1.0)) * 1000.0) as u64
+}
+
+/// A cheap jitter source (no RNG crate): the clock's nanoseconds.
+fn jitter() -> f64 {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    (n % 1000) as f64 / 1000.0
+}
+
+/// Runs one forwarder per destination until shutdown.
+pub async fn run(app: Arc<App>, shutdown: tokio::sync::watch::Receiver<bool>) {
+    for u in app.config.upstream.clone() {
+        let (app, mut stop) = (app.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            loop {
+                let (a, u2) = (app.clone(), u.clone());
+                let wait = tokio::task::spawn_blocking(move || forward_once(&a, &u2))
+                    .await
+                    .unwrap_or_else(|_| Duration::from_secs(1));
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        });
+    }
+}
+
+/// Outcome of one C-STORE.
+enum Sent {
+    Delivered,
+    Transient(String),
+    Permanent(String),
+}
+
+fn classify(status: u16) -> Sent {
+    match status {
+        0x0000 | 0x0001 | 0xB000 | 0xB006 | 0xB007 => Sent::Delivered,
+        s if s & 0xFF00 == 0xA700 => Sent::Transient(format!("status {s:04X} (out of resources)")),
+        s => Sent::Permanent(format!("status {s:04X} (refused)")),
+    }
+}
+
+/// One round for one destination; returns how long to wait before the next.
+fn forward_once(app: &App, u: &UpstreamConfig) -> Duration {
+    let now = now_ms();
+    let link = app
+        .links
+        .snapshot()
+        .get(&u.ae_title)
+        .cloned()
+        .unwrap_or_default();
+    if link.next_attempt_ms > now {
+        return Duration::from_millis((link.next_attempt_ms - now).min(1000));
+    }
+    let batch = match app.store.outbox_due(&u.ae_title, now, u.batch) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the outbox");
+            return Duration::from_secs(1);
+        }
+    };
+    if batch.is_empty() {
+        return Duration::from_millis(300);
+    }
+    match send_batch(app, u, &batch) {
+        Ok(()) => Duration::from_millis(0),
+        Err(e) => {
+            let reason = format!("{e:#}");
+            app.links.update(&u.ae_title, |l| {
+                if l.up != Some(false) {
+                    l.since_ms = now_ms();
+                }
+                l.up = Some(false);
+                l.failures += 1;
+                l.next_attempt_ms = now_ms() + backoff_ms(u, l.failures, jitter());
+                l.last_error = Some(reason.clone());
+            });
+            app.metrics.inc(
+                "scanside_outbox_retries_total",
+                &format!("destination=\"{}\"", u.ae_title),
+            );
+            tracing::warn!(destination = %u.ae_title, error = %reason, "upstream link down; will retry");
+            Duration::from_millis(100)
+        }
+    }
+}
+
+/// Sends a batch on one association. Err means the link failed (transient): the
+/// entries not yet answered stay pending as they were.
+fn send_batch(app: &App, u: &UpstreamConfig, batch: &[OutboxEntry]) -> Result<()> {
+    let mut classes: Vec<&str> = batch.iter().map(|e| e.sop_class_uid.as_str()).collect();
+    classes.sort();
+    classes.dedup();
+    let calling = u
+        .calling_ae_title
+        .as_deref()
+        .unwrap_or(&app.config.dicom.ae_title);
+    let addr = format!("{}:{}", u.host, u.port);
+    let mut scu = StoreScu::connect(&addr, calling, &u.ae_title, &classes)?;
+    let label = format!("destination=\"{}\"", u.ae_title);
+    app.links.update(&u.ae_title, |l| {
+        if l.up != Some(true) {
+            l.since_ms = now_ms();
+        }
+        l.up = Some(true);
+        l.failures = 0;
+        l.next_attempt_ms = 0;
+        l.last_error = None;
+    });
+    for e in batch {
+        let outcome = if !scu.accepts(&e.sop_class_uid) {
+            Sent::Permanent(format!(
+                "{} accepts no presentation context for SOP class {}",
+                u.ae_title, e.sop_class_uid
+            ))
+        } else {
+            let bytes = std::fs::read(app.store.root().join(&e.path))
+                .map_err(|err| anyhow!("result file {}: {err}", e.path))?;
+            let data = dataset_of(&bytes)?;
+            match scu.store_raw(&e.sop_class_uid, &e.sop_instance_uid, data) {
+                Ok(status) => classify(status),
+                Err(err) => return Err(err.context("C-STORE")),
+            }
+        };
+        let mut e = e.clone();
+        match outcome {
+            Sent::Delivered => {
+                e.state = OutboxState::Delivered;
+                e.delivered_ms = Some(now_ms());
+                e.last_error = None;
+                app.metrics.inc("scanside_outbox_delivered_total", &label);
+            }
+            Sent::Transient(why) => {
+                app.store.outbox_update(&e)?;
+                let _ = scu.release();
+                return Err(anyhow!("{} answered {why}", u.ae_title));
+            }
+            Sent::Permanent(why) => {
+                e.tries += 1;
+                e.last_error = Some(why.clone());
+                if e.tries >= u.max_tries {
+                    e.state = OutboxState::Dead;
+                    app.metrics
+                        .inc("scanside_outbox_dead_letters_total", &label);
+                    tracing::error!(destination = %u.ae_title, sop_ref = %crate::store::hash_ref(&e.sop_instance_uid), reason = %why, "dead-lettered");
+                } else {
+                    e.next_try_ms = now_ms() + backoff_ms(u, e.tries, jitter());
+                    app.metrics.inc("scanside_outbox_retries_total", &label);
+                }
+            }
+        }
+        app.store.outbox_update(&e)?;
+        if e.state == OutboxState::Pending {
+            // Commit order: later entries wait behind this one's back-off.
+            break;
+        }
+    }
+    scu.release()?;
+    Ok(())
+}
+
+/// The data set of a Part 10 file: what follows the meta group ((0002,0000) gives
+/// its length), sent as stored.
+pub fn dataset_of(b: &[u8]) -> Result<&[u8]> {
+    if b.len() < 144 || &b[128..132] != b"DICM" || b[132..136] != [2, 0, 0, 0] {
+        return Err(anyhow!("not a Part 10 file with a meta group length"));
+    }
+    let len = u32::from_le_bytes([b[140], b[141], b[142], b[143]]) as usize;
+    b.get(144 + len..)
+        .ok_or_else(|| anyhow!("meta group longer than the file"))
+}
+
+/// Per destination: pending count, oldest pending age (s), dead letters.
+pub fn queue_stats(app: &App) -> BTreeMap<String, (usize, f64, usize)> {
+    let now = now_ms();
+    let mut out = BTreeMap::new();
+    for u in &app.config.upstream {
+        let entries = app
+            .store
+            .outbox_entries(Some(&u.ae_title))
+            .unwrap_or_default();
+        let pending: Vec<&OutboxEntry> = entries
+            .iter()
+            .filter(|e| e.state == OutboxState::Pending)
+            .collect();
+        let oldest = pending
+            .iter()
+            .map(|e| now.saturating_sub(e.created_ms) as f64 / 1000.0)
+            .fold(0.0, f64::max);
+        let dead = entries
+            .iter()
+            .filter(|e| e.state == OutboxState::Dead)
+            .count();
+        out.insert(u.ae_title.clone(), (pending.len(), oldest, dead));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn up() -> UpstreamConfig {
+        UpstreamConfig {
+            ae_title: "HUB".into(),
+            host: "h".into(),
+            port: 1,
+            calling_ae_title: None,
+            batch: 10,
+            max_tries: 3,
+            retry_initial_s: 2.0,
+            retry_max_s: 60.0,
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_is_capped() {
+        let u = up();
+        assert_eq!(backoff_ms(&u, 1, 0.5), 2000);
+        assert_eq!(backoff_ms(&u, 2, 0.5), 4000);
+        assert_eq!(backoff_ms(&u, 3, 0.5), 8000);
+        assert_eq!(backoff_ms(&u, 20, 0.5), 60_000);
+        assert_eq!(backoff_ms(&u, 1, 0.0), 1500);
+        assert_eq!(backoff_ms(&u, 1, 1.0), 2500);
+    }
+
+    #[test]
+    fn statuses_are_classed() {
+        assert!(matches!(classify(0x0000), Sent::Delivered));
+        assert!(matches!(classify(0xB000), Sent::Delivered));
+        assert!(matches!(classify(0xA700), Sent::Transient(_)));
+        assert!(matches!(classify(0xA900), Sent::Permanent(_)));
+        assert!(matches!(classify(0xC000), Sent::Permanent(_)));
+    }
+
+    #[test]
+    fn the_data_set_follows_the_meta_group() {
+        let mut f = vec![0u8; 128];
+        f.extend_from_slice(b"DICM");
+        f.extend_from_slice(&[2, 0, 0, 0, b'U', b'L', 4, 0]);
+        f.extend_from_slice(&4u32.to_le_bytes());
+        f.extend_from_slice(&[9, 9, 9, 9]); // the rest of the meta group
+        f.extend_from_slice(&[8, 0, 0x16, 0]);
+        assert_eq!(dataset_of(&f).unwrap(), &[8, 0, 0x16, 0]);
+        assert!(dataset_of(&f[..100]).is_err());
+    }
+}

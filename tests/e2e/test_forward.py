@@ -1,0 +1,163 @@
+"""Forwarding upstream: results reach Orthanc (the hub PACS, on loopback) exactly
+as stored, wait durably while the link is down (through kill -9), and an object
+the destination refuses is dead-lettered with the reason while the rest go on."""
+import io
+import json
+import os
+import struct
+import time
+
+import pydicom
+import pytest
+
+import brain
+from conftest import free_port, toml_str
+from orthanc import Orthanc
+from test_segmentation import send, wait_state
+
+
+def dataset_bytes(b):
+    """The data set of a Part 10 file: what follows the meta group."""
+    assert b[128:132] == b"DICM" and b[132:136] == b"\x02\x00\x00\x00"
+    (n,) = struct.unpack("<I", b[140:144])
+    return b[144 + n:]
+
+
+def upstream(o, **kw):
+    u = {"ae_title": toml_str(o.aet), "host": '"127.0.0.1"', "port": str(o.port),
+         "retry_initial_s": "0.5", "retry_max_s": "2.0"}
+    u.update(kw)
+    return u
+
+
+def wait_outbox(d, done, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        e = d.get_json("/api/v1/outbox")[1]
+        if e and done(e):
+            return e
+        time.sleep(0.3)
+    raise AssertionError(json.dumps(d.get_json("/api/v1/outbox")[1])[:3000] + d.read_log()[-3000:])
+
+
+def all_delivered(entries):
+    return all(x["state"] == "delivered" for x in entries)
+
+
+def test_results_arrive_in_orthanc_as_stored(daemon_factory, tmp_path):
+    o = Orthanc(tmp_path / "orthanc").start()
+    try:
+        d = daemon_factory(upstream=[upstream(o)]).start()
+        d.wait_model()
+        paths = brain.write_series(str(tmp_path / "s"), "t2", "axial", seed=3)
+        job = wait_state(d, send(d, paths), ("written", "failed"))
+        assert job["state"] == "written"
+        entries = wait_outbox(d, all_delivered)
+        assert sorted(e["kind"] for e in entries) == ["seg", "sr", "trend_picture"]
+        held = o.instances()
+        assert set(held) == {e["sop_instance_uid"] for e in entries}
+        for e in entries:
+            ours = open(os.path.join(d.data_dir, e["path"]), "rb").read()
+            theirs = held[e["sop_instance_uid"]]
+            if e["kind"] == "trend_picture":
+                # No sequence: the bytes are the same.
+                assert dataset_bytes(theirs) == dataset_bytes(ours)
+            # Orthanc (DCMTK) re-encodes sequences of undefined length with explicit
+            # lengths; every element and the pixel data must still be equal.
+            a, b = (pydicom.dcmread(io.BytesIO(x)) for x in (ours, theirs))
+            assert a == b, e["kind"]
+            assert a.PixelData == b.PixelData if "PixelData" in a else True
+        status, ready = d.get_json("/readyz")
+        up = ready["upstreams"][o.aet]
+        assert up["link"] == "up" and up["pending"] == 0 and up["dead_letters"] == 0
+        m = d.metrics()
+        assert f'scanside_outbox_delivered_total{{destination="{o.aet}"}} 3' in m
+        assert f'scanside_upstream_up{{destination="{o.aet}"}} 1' in m
+    finally:
+        o.stop()
+
+
+def test_link_down_through_two_kill_9_then_everything_once_in_order(daemon_factory, tmp_path):
+    o = Orthanc(tmp_path / "orthanc")  # not started: the link is down
+    d = daemon_factory(upstream=[upstream(o)]).start()
+    d.wait_model()
+    sent = []
+    for seed in (3, 5):
+        paths = brain.write_series(str(tmp_path / f"s{seed}"), "t2", "axial", seed=seed, patient_id=f"FWD{seed}")
+        job = wait_state(d, send(d, paths), ("written", "failed"))
+        assert job["state"] == "written"
+        sent += job["results"]
+    entries = wait_outbox(d, lambda e: len(e) == 6)
+    assert all(x["state"] == "pending" for x in entries)
+    deadline = time.time() + 30
+    while d.get_json("/readyz")[1]["upstreams"][o.aet]["link"] != "down":
+        assert time.time() < deadline, d.get_json("/readyz")[1]
+        time.sleep(0.3)
+    ready = d.get_json("/readyz")[1]["upstreams"][o.aet]
+    assert ready["pending"] == 6 and ready["last_error"]
+    assert f'scanside_outbox_pending{{destination="{o.aet}"}} 6' in d.metrics()
+    d.kill9()
+    d.start()
+    time.sleep(1.5)
+    d.kill9()
+    d.start()
+    o.start()
+    try:
+        entries = wait_outbox(d, all_delivered)
+        assert sorted(e["sop_instance_uid"] for e in entries) == sorted(sent)
+        held = o.instances()
+        assert set(held) == set(sent)
+        assert int(o.rest("/statistics")["CountInstances"]) == 6
+        # Commit order per destination: delivery times follow the sequence.
+        by_seq = sorted(entries, key=lambda e: e["seq"])
+        times = [e["delivered_ms"] for e in by_seq]
+        assert times == sorted(times)
+    finally:
+        o.stop()
+
+
+def test_an_object_the_destination_refuses_is_dead_lettered_with_the_reason(daemon_factory, tmp_path):
+    """A pynetdicom SCP that takes SR and Secondary Capture but not Segmentation."""
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import EnhancedSRStorage, SecondaryCaptureImageStorage
+    got = []
+
+    def on_store(event):
+        got.append(event.dataset.SOPInstanceUID)
+        return 0x0000
+
+    ae = AE(ae_title="NOSEGPACS")
+    ae.add_supported_context(EnhancedSRStorage)
+    ae.add_supported_context(SecondaryCaptureImageStorage)
+    port = free_port()
+    scp = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        d = daemon_factory(upstream=[{"ae_title": '"NOSEGPACS"', "host": '"127.0.0.1"', "port": str(port),
+                                      "max_tries": "2", "retry_initial_s": "0.3", "retry_max_s": "1.0"}]).start()
+        d.wait_model()
+        paths = brain.write_series(str(tmp_path / "s"), "t2", "axial", seed=3)
+        job = wait_state(d, send(d, paths), ("written", "failed"))
+        entries = wait_outbox(d, lambda e: len(e) == 3 and all(x["state"] != "pending" for x in e))
+        by_kind = {e["kind"]: e for e in entries}
+        assert by_kind["seg"]["state"] == "dead" and by_kind["seg"]["tries"] == 2
+        assert "accepts no presentation context" in by_kind["seg"]["last_error"]
+        assert by_kind["sr"]["state"] == by_kind["trend_picture"]["state"] == "delivered"
+        assert sorted(got) == sorted([by_kind["sr"]["sop_instance_uid"], by_kind["trend_picture"]["sop_instance_uid"]])
+        ready = d.get_json("/readyz")[1]["upstreams"]["NOSEGPACS"]
+        assert ready["dead_letters"] == 1 and ready["pending"] == 0
+        assert 'scanside_outbox_dead_letters_total{destination="NOSEGPACS"} 1' in d.metrics()
+        assert job["state"] == "written"
+    finally:
+        scp.shutdown()
+
+
+def test_bad_upstream_config_names_the_key(tmp_path):
+    from conftest import BIN, run
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(open(os.path.join(os.path.dirname(__file__), "..", "..", "firmware-config", "default.toml")).read()
+                   + '\n[[upstream]]\nae_title = "HUB"\nhost = "h"\nport = 0\n'
+                   + '\n[[upstream]]\nae_title = "HUB"\nhost = "h"\nport = 104\nmax_tries = 0\n')
+    r = run([BIN, "check-config", str(cfg)])
+    assert r.returncode != 0
+    for key in ("upstream[0].port", "upstream[1].ae_title", "upstream[1].max_tries"):
+        assert key in r.stdout + r.stderr, (key, r.stdout + r.stderr)
