@@ -134,6 +134,11 @@ const HELP: &[(&str, &str, &str)] = &[
         "Objects dead-lettered after max_tries refusals, by destination",
     ),
     (
+        "scanside_http_token_failures_total",
+        "counter",
+        "HTTP requests refused for a missing or wrong bearer token",
+    ),
+    (
         "scanside_outbox_pending",
         "gauge",
         "Objects waiting to be delivered, by destination",

@@ -48,7 +48,7 @@ class Daemon:
             min_free_bytes=1 << 20, idle_timeout_s=60, release_quiet_s=1,
             peers=[("*", "127.0.0.1")], gate={},
             inference={"backend": '"ort"', "ort_library": toml_str(ort_library())},
-            upstream=[],
+            upstream=[], http_token=None,
         )
         self.settings.update(overrides)
         self.proc = None
@@ -82,6 +82,7 @@ release_quiet_s = {s['release_quiet_s']}
 
 [http]
 listen = "127.0.0.1:{self.http_port}"
+{'token = ' + toml_str(s['http_token']) if s['http_token'] else ''}
 
 [gate]
 {gate}
@@ -136,6 +137,17 @@ listen = "127.0.0.1:{self.http_port}"
                 return r.status, body
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode()
+
+    def post(self, path, token=None):
+        """POST with an optional bearer token: (status, JSON body)."""
+        req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", method="POST", data=b"")
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
 
     def get_json(self, path):
         code, body = self.get(path)

@@ -16,6 +16,14 @@ from orthanc import Orthanc
 from test_segmentation import send, wait_state
 
 
+TOKEN = "test-token-0123456789abcdef"
+
+
+def test_changes_over_http_need_the_configured_token(daemon):
+    status, body = daemon.post("/api/v1/outbox/HUB/1/replay")
+    assert status == 403 and "http.token" in body["error"]
+
+
 def dataset_bytes(b):
     """The data set of a Part 10 file: what follows the meta group."""
     assert b[128:132] == b"DICM" and b[132:136] == b"\x02\x00\x00\x00"
@@ -132,7 +140,8 @@ def test_an_object_the_destination_refuses_is_dead_lettered_with_the_reason(daem
     port = free_port()
     scp = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
     try:
-        d = daemon_factory(upstream=[{"ae_title": '"NOSEGPACS"', "host": '"127.0.0.1"', "port": str(port),
+        d = daemon_factory(http_token=TOKEN,
+                           upstream=[{"ae_title": '"NOSEGPACS"', "host": '"127.0.0.1"', "port": str(port),
                                       "max_tries": "2", "retry_initial_s": "0.3", "retry_max_s": "1.0"}]).start()
         d.wait_model()
         paths = brain.write_series(str(tmp_path / "s"), "t2", "axial", seed=3)
@@ -147,6 +156,21 @@ def test_an_object_the_destination_refuses_is_dead_lettered_with_the_reason(daem
         assert ready["dead_letters"] == 1 and ready["pending"] == 0
         assert 'scanside_outbox_dead_letters_total{destination="NOSEGPACS"} 1' in d.metrics()
         assert job["state"] == "written"
+        # Replay needs the token; after the destination is fixed it delivers.
+        seg = by_kind["seg"]
+        replay = f"/api/v1/outbox/NOSEGPACS/{seg['seq']}/replay"
+        assert d.post(replay)[0] == 401
+        assert d.post(replay, token="wrong-token-wrong-token")[0] == 401
+        assert d.post(f"/api/v1/outbox/NOSEGPACS/{by_kind['sr']['seq']}/replay", token=TOKEN)[0] == 409
+        scp.shutdown()
+        from pynetdicom.sop_class import SegmentationStorage
+        ae.add_supported_context(SegmentationStorage)
+        scp = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        status, body = d.post(replay, token=TOKEN)
+        assert status == 200 and body["state"] == "pending", body
+        wait_outbox(d, all_delivered)
+        assert seg["sop_instance_uid"] in got
+        assert d.get_json("/readyz")[1]["upstreams"]["NOSEGPACS"]["dead_letters"] == 0
     finally:
         scp.shutdown()
 

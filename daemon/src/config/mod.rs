@@ -247,6 +247,10 @@ impl Default for SeriesConfig {
 pub struct HttpConfig {
     /// Address and port of the health/metrics/status listener.
     pub listen: String,
+    /// Bearer token required by every request that changes state (dead-letter
+    /// replay). Unset: such requests are refused (403).
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 /// Thresholds of the series gate (clinical.md 1(a), 1(b)).
@@ -577,6 +581,11 @@ impl Config {
         }
         if self.budget.seconds == 0 {
             err("budget.seconds", "must be at least 1".into());
+        }
+        if let Some(t) = &self.http.token {
+            if t.len() < 16 {
+                err("http.token", "must be at least 16 characters".into());
+            }
         }
         let mut seen = std::collections::BTreeSet::new();
         for (i, u) in self.upstream.iter().enumerate() {

@@ -61,6 +61,18 @@ fn error(status: StatusCode, message: &str) -> Response<Body> {
 }
 
 async fn route(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    if req.method() == Method::POST {
+        let path = req.uri().path().to_string();
+        let auth = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.to_string());
+        let app = app.clone();
+        return tokio::task::spawn_blocking(move || post(&app, &path, auth.as_deref()))
+            .await
+            .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "handler panicked"));
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -263,6 +275,66 @@ fn patient(app: &App, rest: &str) -> Response<Body> {
             "visits": items,
         }),
     )
+}
+
+/// Requests that change state: a bearer token is required.
+fn post(app: &App, path: &str, auth: Option<&str>) -> Response<Body> {
+    let Some(token) = app.config.http.token.as_deref() else {
+        return error(
+            StatusCode::FORBIDDEN,
+            "changes through the HTTP API are disabled: set http.token in the config",
+        );
+    };
+    let given = auth.and_then(|a| a.strip_prefix("Bearer "));
+    // Compare without an early exit, so timing says nothing about the token.
+    let ok = given.is_some_and(|g| {
+        g.len() == token.len()
+            && g.bytes()
+                .zip(token.bytes())
+                .fold(0u8, |d, (a, b)| d | (a ^ b))
+                == 0
+    });
+    if !ok {
+        tracing::warn!(path, "HTTP request with a missing or wrong token refused");
+        app.metrics.inc("scanside_http_token_failures_total", "");
+        return error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+    }
+    // POST /api/v1/outbox/{destination}/{seq}/replay: a dead letter goes back in the queue.
+    let rest = path
+        .strip_prefix("/api/v1/outbox/")
+        .and_then(|r| r.strip_suffix("/replay"));
+    let Some((dest, seq)) = rest.and_then(|r| r.split_once('/')) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!("no such action: POST {path}"),
+        );
+    };
+    let Ok(seq) = seq.parse::<u64>() else {
+        return error(StatusCode::BAD_REQUEST, "the entry's seq is a number");
+    };
+    match app.store.outbox_entries(Some(dest)) {
+        Ok(entries) => match entries.into_iter().find(|e| e.seq == seq) {
+            Some(mut e) if e.state == crate::store::OutboxState::Dead => {
+                e.state = crate::store::OutboxState::Pending;
+                e.tries = 0;
+                e.next_try_ms = 0;
+                if let Err(err) = app.store.outbox_update(&e) {
+                    return error(StatusCode::SERVICE_UNAVAILABLE, &format!("store: {err}"));
+                }
+                tracing::info!(destination = dest, seq, "dead letter replayed");
+                json_response(StatusCode::OK, serde_json::to_value(e).unwrap_or_default())
+            }
+            Some(e) => error(
+                StatusCode::CONFLICT,
+                &format!("entry {seq} for {dest} is {:?}, not dead-lettered", e.state),
+            ),
+            None => error(
+                StatusCode::NOT_FOUND,
+                &format!("no outbox entry {seq} for {dest}"),
+            ),
+        },
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &format!("store: {e}")),
+    }
 }
 
 /// Link and queue state per upstream destination.
