@@ -185,3 +185,30 @@ def test_bad_upstream_config_names_the_key(tmp_path):
     assert r.returncode != 0
     for key in ("upstream[0].port", "upstream[1].ae_title", "upstream[1].max_tries"):
         assert key in r.stdout + r.stderr, (key, r.stdout + r.stderr)
+
+
+def test_a_verified_sr_from_an_edit_is_forwarded(daemon_factory, tmp_path):
+    """A person's edit comes back; the verified SR and its picture go upstream."""
+    from test_results import edited_seg, result_files, store_one
+    o = Orthanc(tmp_path / "orthanc").start()
+    try:
+        d = daemon_factory(upstream=[upstream(o)]).start()
+        d.wait_model()
+        paths = brain.write_series(str(tmp_path / "s"), "t2", "axial", seed=3, patient_id="FWDEDIT")
+        job = wait_state(d, send(d, paths), ("written", "failed"))
+        seg, _ = edited_seg(result_files(d, job)["seg"], paths, "Oedema", "BINARY", "native")
+        p = str(tmp_path / "edited.dcm")
+        seg.save_as(p)
+        store_one(d.port, p)
+        entries = wait_outbox(d, lambda e: len(e) == 5 and all_delivered(e), timeout=180)
+        kinds = sorted(e["kind"] for e in entries)
+        assert kinds == ["seg", "sr", "trend_picture", "trend_picture", "verified_sr"], kinds
+        vsr = next(e for e in entries if e["kind"] == "verified_sr")
+        held = o.instances()
+        assert vsr["sop_instance_uid"] in held
+        ds = pydicom.dcmread(io.BytesIO(held[vsr["sop_instance_uid"]]), stop_before_pixels=True)
+        assert ds.VerificationFlag == "VERIFIED"
+        # The returned SEG itself is the viewer's, not ours: it is not forwarded.
+        assert seg.SOPInstanceUID not in held
+    finally:
+        o.stop()
