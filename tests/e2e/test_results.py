@@ -405,6 +405,7 @@ def test_an_edited_seg_comes_back_verified(daemon_factory, tmp_path, seg_type, t
         seg_jobs = [x for x in d.jobs() if x["id"] != job["id"]]
         raise AssertionError(json.dumps(seg_jobs)[:3000] + d.read_log()[-3000:])
     e = j["edits"][0]
+    assert e["observer"] == "Tech^Anna"
     # The whole tumour recomputed from the edited sub-regions (oedema removed).
     voxel_ml = float(pydicom.dcmread(paths[0]).SliceThickness) / 1000.0
     expected_wt = sum(int(m.sum()) for m in masks) * voxel_ml

@@ -93,8 +93,6 @@ pub fn remove_small_components(labels: &mut [u8], g: Grid, min_ml: f64) -> usize
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RegionStats {
-    pub voxels: usize,
-    pub volume_ml: f64,
     /// Largest in-slice diameter, mm.
     pub max_axial_diameter_mm: f64,
     /// Longest diameter perpendicular to it in the same slice, mm.
@@ -113,7 +111,6 @@ pub struct RegionStats {
 pub fn region_stats(labels: &[u8], g: Grid, region: &[u8]) -> RegionStats {
     let [ns, nr, nc] = g.dims;
     let inside = |l: u8| region.contains(&l);
-    let voxels = labels.iter().filter(|&&l| inside(l)).count();
     let (mut best_d1, mut best_d2, mut best_product) = (0.0f64, 0.0f64, 0.0f64);
     let (mut s_min, mut s_max) = (usize::MAX, 0usize);
     for s in 0..ns {
@@ -171,8 +168,6 @@ pub fn region_stats(labels: &[u8], g: Grid, region: &[u8]) -> RegionStats {
         best_product = best_product.max(d1 * d2);
     }
     RegionStats {
-        voxels,
-        volume_ml: voxels as f64 * g.voxel_ml(),
         max_axial_diameter_mm: best_d1,
         perpendicular_diameter_mm: best_d2,
         bidimensional_product_mm2: best_product,
@@ -322,9 +317,18 @@ mod tests {
     fn volume_and_diameters_of_a_box() {
         let mut l = vec![0u8; 20 * 40 * 40];
         boxed(&mut l, [2, 5, 5], [5, 20, 12], 3);
-        let st = region_stats(&l, G, &[3]);
-        assert_eq!(st.voxels, 5 * 20 * 12);
-        assert!((st.volume_ml - 1200.0 * 0.5 / 1000.0).abs() < 1e-9);
+        let rg = resample::Grid {
+            dims: G.dims,
+            spacing: G.spacing,
+            origin: [0.0; 3],
+            axes: AXIAL,
+        };
+        let m = measure(&l, &rg, &regions(&[(1, "a".into()), (3, "b".into())]));
+        assert_eq!((m[0].voxels, m[1].voxels, m[2].voxels), (1200, 0, 1200));
+        assert!((m[2].volume_ml - 1200.0 * 0.5 / 1000.0).abs() < 1e-9);
+        assert_eq!(m[1].stats.max_axial_diameter_mm, 0.0);
+        let st = &m[2].stats;
+        assert_eq!(st, &region_stats(&l, G, &[3]));
         assert!((st.craniocaudal_extent_mm - 10.0).abs() < 1e-9);
         // 10 mm x 6 mm rectangle: diagonal ~11.66 mm (voxel centres 9.5 x 5.5 + one voxel).
         let diag = (9.5f64.powi(2) + 5.5f64.powi(2)).sqrt() + 0.5;
@@ -340,7 +344,6 @@ mod tests {
                 .abs()
                 < 1e-6
         );
-        assert_eq!(region_stats(&l, G, &[1]).voxels, 0);
     }
 
     #[test]
@@ -360,7 +363,7 @@ mod tests {
         let mut l = vec![0u8; 20 * 40 * 40];
         boxed(&mut l, [3, 3, 3], [1, 1, 1], 1);
         let st = region_stats(&l, G, &[1]);
-        assert_eq!(st.voxels, 1);
+        assert!((st.perpendicular_diameter_mm - 0.5).abs() < 1e-9);
         assert!((st.max_axial_diameter_mm - 0.5).abs() < 1e-9);
         assert!((st.craniocaudal_extent_mm - 2.0).abs() < 1e-9);
     }

@@ -103,9 +103,7 @@ fn apply_one(app: &App, inst: &StoredInstance) -> Result<String> {
     let mut labels = vec![0u8; seg_done.labels.len()];
     let mut numbers: BTreeMap<String, Vec<u16>> = BTreeMap::new();
     let mut whole: Option<&seg_read::ReturnedSegment> = None;
-    let mut edited_by_hand = false;
     for s in &returned.segments {
-        edited_by_hand |= s.algorithm_type != "AUTOMATIC";
         let Some(key) = codes::region_of_type(&s.type_code, &keys) else {
             tracing::warn!(segment = s.number, code = %s.type_code, "returned segment matches no region; ignored");
             continue;
@@ -279,12 +277,7 @@ fn apply_one(app: &App, inst: &StoredInstance) -> Result<String> {
         EditRecord {
             seg_sop_instance_uid: returned.sop_instance_uid.clone(),
             received_at_ms: inst.received_at_ms,
-            observer: if edited_by_hand {
-                "person (segments marked edited)"
-            } else {
-                "person"
-            }
-            .into(),
+            observer: observer.to_string(),
             volumes_ml: volumes.clone(),
             dice: dice.clone(),
             regions: all,

@@ -144,7 +144,9 @@ impl Source {
         } else {
             format!("{issuer}\0{pid}")
         };
-        crate::store::hash_ref(&basis) + &crate::store::hash_ref(&format!("{basis}\0b"))
+        use sha2::Digest;
+        let h = sha2::Sha256::digest(basis.as_bytes());
+        h[..12].iter().map(|b| format!("{b:02x}")).collect()
     }
 }
 

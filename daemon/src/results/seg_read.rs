@@ -23,7 +23,6 @@ pub struct ReturnedSegment {
     pub number: u16,
     pub label: String,
     pub type_code: String,
-    pub algorithm_type: String,
     /// On the source grid (slice-major), true inside.
     pub mask: Vec<bool>,
 }
@@ -115,7 +114,6 @@ pub fn read(
             type_code: first(s, tags::SEGMENTED_PROPERTY_TYPE_CODE_SEQUENCE)
                 .map(|c| text(c, tags::CODE_VALUE))
                 .unwrap_or_default(),
-            algorithm_type: text(s, tags::SEGMENT_ALGORITHM_TYPE),
             mask: vec![false; ns * plane],
         })
         .collect();

@@ -219,6 +219,7 @@ pub struct EditRecord {
     /// The returned SEG
     pub seg_sop_instance_uid: String,
     pub received_at_ms: u64,
+    /// The SEG's Content Creator (the verifying observer of the new SR)
     pub observer: String,
     /// region key -> mL, from the edited segmentation
     pub volumes_ml: std::collections::BTreeMap<String, f64>,
