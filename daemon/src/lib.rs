@@ -15,6 +15,7 @@ pub mod measure;
 pub mod metrics;
 pub mod outbox;
 pub mod pipeline;
+pub mod qr;
 pub mod results;
 pub mod scp;
 pub mod series;

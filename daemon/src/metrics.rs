@@ -124,6 +124,16 @@ const HELP: &[(&str, &str, &str)] = &[
         "Result objects delivered upstream, by destination",
     ),
     (
+        "scanside_qr_requests_total",
+        "counter",
+        "Query/retrieve requests, by operation (find, get, move) and outcome (answered, refused)",
+    ),
+    (
+        "scanside_qr_suboperations_total",
+        "counter",
+        "C-GET and C-MOVE C-STORE sub-operations, by operation and outcome (completed, failed)",
+    ),
+    (
         "scanside_outbox_retries_total",
         "counter",
         "Failed forwarding attempts retried (link down, or an object refused), by destination",

@@ -48,7 +48,7 @@ class Daemon:
             min_free_bytes=1 << 20, idle_timeout_s=60, release_quiet_s=1,
             peers=[("*", "127.0.0.1")], gate={},
             inference={"backend": '"ort"', "ort_library": toml_str(ort_library())},
-            upstream=[], http_token=None,
+            upstream=[], http_token=None, move_destinations=[], storage={},
         )
         self.settings.update(overrides)
         self.proc = None
@@ -63,6 +63,9 @@ class Daemon:
             f'[[dicom.allowed_peers]]\nae_title = "{ae}"\naddress = "{addr}"\n' for ae, addr in s["peers"])
         upstream = "".join("[[upstream]]\n" + "".join(f"{k} = {v}\n" for k, v in u.items()) + "\n"
                            for u in s["upstream"])
+        moves = "".join(f'[[qr.move_destinations]]\nae_title = "{ae}"\nhost = "127.0.0.1"\nport = {port}\n'
+                        for ae, port in s["move_destinations"])
+        storage = "".join(f"{k} = {v}\n" for k, v in s["storage"].items())
         with open(self.config_path, "w") as f:
             f.write(f"""
 [dicom]
@@ -75,7 +78,7 @@ max_pdu_length = {s['max_pdu_length']}
 [storage]
 data_dir = "{self.data_dir}"
 min_free_bytes = {s['min_free_bytes']}
-
+{storage}
 [series]
 idle_timeout_s = {s['idle_timeout_s']}
 release_quiet_s = {s['release_quiet_s']}
@@ -88,7 +91,8 @@ listen = "127.0.0.1:{self.http_port}"
 {gate}
 [inference]
 {inference}
-{upstream}""")
+{upstream}
+{moves}""")
 
     def start(self, env=None, wait=True, watchdog_pid=False):
         e = dict(os.environ)

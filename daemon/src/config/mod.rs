@@ -34,6 +34,24 @@ pub struct Config {
     /// Where results are forwarded (none: they stay on the box).
     #[serde(default)]
     pub upstream: Vec<UpstreamConfig>,
+    #[serde(default)]
+    pub qr: QrConfig,
+}
+
+/// The query/retrieve SCP.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct QrConfig {
+    /// The AEs a C-MOVE may send to; any other Move Destination is refused (A801).
+    pub move_destinations: Vec<MoveDestination>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MoveDestination {
+    pub ae_title: String,
+    pub host: String,
+    pub port: u16,
 }
 
 /// One upstream destination (a PACS at the hub) for the forwarder.
@@ -59,6 +77,10 @@ pub struct UpstreamConfig {
     pub retry_initial_s: f64,
     #[serde(default = "default_retry_max_s")]
     pub retry_max_s: f64,
+    /// Also forward the source series of every job (as received), queued when
+    /// the series completes, before its results.
+    #[serde(default)]
+    pub forward_sources: bool,
 }
 
 fn default_batch() -> usize {
@@ -220,6 +242,31 @@ pub struct StorageConfig {
     /// Refuse new data (A700) when free space falls below this many bytes.
     #[serde(default = "default_min_free_bytes")]
     pub min_free_bytes: u64,
+    /// How long data is kept once every upstream has it ("30d", "12h", "90m",
+    /// "45s"). Unset: kept until space runs short. Undelivered data is never removed.
+    #[serde(default)]
+    pub retention: Option<String>,
+}
+
+/// "30d", "12h", "90m", "45s" (or a bare number of seconds) in seconds.
+pub fn parse_duration_s(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => (&t[..i], &t[i..]),
+        None => (t, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like \"30d\", \"12h\" or \"90m\""))?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{s:?}: the unit must be s, m, h or d")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too long"))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -624,6 +671,30 @@ impl Config {
                     &key("retry_initial_s"),
                     "needs 0 < retry_initial_s <= retry_max_s".into(),
                 );
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, d) in self.qr.move_destinations.iter().enumerate() {
+            let key = |k: &str| format!("qr.move_destinations[{i}].{k}");
+            if let Err(e) = check_ae_title(&d.ae_title) {
+                err(&key("ae_title"), e);
+            }
+            if !seen.insert(d.ae_title.clone()) {
+                err(
+                    &key("ae_title"),
+                    format!("{:?} is listed twice", d.ae_title),
+                );
+            }
+            if d.host.trim().is_empty() {
+                err(&key("host"), "must name a host".into());
+            }
+            if d.port == 0 {
+                err(&key("port"), "must be 1-65535".into());
+            }
+        }
+        if let Some(r) = &self.storage.retention {
+            if let Err(e) = parse_duration_s(r) {
+                err("storage.retention", e);
             }
         }
         let m = &self.measure;

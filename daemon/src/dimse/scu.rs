@@ -23,14 +23,29 @@ pub struct StoreScu {
 impl StoreScu {
     /// Opens an association to `addr` offering each SOP class in `classes`.
     pub fn connect(addr: &str, calling: &str, called: &str, classes: &[&str]) -> Result<StoreScu> {
+        let contexts: Vec<(String, String)> = classes
+            .iter()
+            .map(|c| (c.to_string(), EXPLICIT_VR_LE.to_string()))
+            .collect();
+        Self::connect_contexts(addr, calling, called, &contexts)
+    }
+
+    /// Opens an association offering one presentation context per (SOP class,
+    /// transfer syntax) pair, so that each object can go as it is stored.
+    pub fn connect_contexts(
+        addr: &str,
+        calling: &str,
+        called: &str,
+        contexts: &[(String, String)],
+    ) -> Result<StoreScu> {
         let mut o = ClientAssociationOptions::new()
             .calling_ae_title(calling.to_string())
             .called_ae_title(called.to_string())
             .read_timeout(Duration::from_secs(60))
             .write_timeout(Duration::from_secs(60))
             .connection_timeout(Duration::from_secs(10));
-        for c in classes {
-            o = o.with_presentation_context(c.to_string(), vec![EXPLICIT_VR_LE.to_string()]);
+        for (class, ts) in contexts {
+            o = o.with_presentation_context(class.clone(), vec![ts.clone()]);
         }
         let mut assoc = o
             .establish(addr)
@@ -40,17 +55,24 @@ impl StoreScu {
         Ok(StoreScu { assoc, next_id: 1 })
     }
 
-    /// Whether the peer accepted a presentation context for `class`.
+    /// Whether the peer accepted a presentation context for `class` (in explicit
+    /// VR little endian).
     pub fn accepts(&self, class: &str) -> bool {
-        self.context(class).is_some()
+        self.context(class, EXPLICIT_VR_LE).is_some()
     }
 
-    fn context(&self, class: &str) -> Option<u8> {
+    /// Whether the peer accepted `class` in transfer syntax `ts`.
+    pub fn accepts_ts(&self, class: &str, ts: &str) -> bool {
+        self.context(class, ts).is_some()
+    }
+
+    fn context(&self, class: &str, ts: &str) -> Option<u8> {
         self.assoc
             .presentation_contexts()
             .iter()
             .find(|p| {
                 p.abstract_syntax.trim_end_matches('\0') == class
+                    && p.transfer_syntax.trim_end_matches('\0') == ts
                     && p.reason == dicom_ul::pdu::PresentationContextResultReason::Acceptance
             })
             .map(|p| p.id)
@@ -78,9 +100,22 @@ impl StoreScu {
     /// Sends a data set already encoded in explicit VR little endian (the bytes of a
     /// Part 10 file after its meta group), so the peer gets exactly what we stored.
     pub fn store_raw(&mut self, class: &str, sop: &str, data: &[u8]) -> Result<u16> {
-        let pc = self
-            .context(class)
-            .ok_or_else(|| anyhow!("the peer accepted no presentation context for {class}"))?;
+        self.store_as(class, EXPLICIT_VR_LE, sop, data, None)
+    }
+
+    /// Sends a data set encoded in `ts`; `originator` is the (AE title, message
+    /// id) of the C-MOVE this C-STORE is a sub-operation of.
+    pub fn store_as(
+        &mut self,
+        class: &str,
+        ts: &str,
+        sop: &str,
+        data: &[u8],
+        originator: Option<(&str, u16)>,
+    ) -> Result<u16> {
+        let pc = self.context(class, ts).ok_or_else(|| {
+            anyhow!("the peer accepted no presentation context for {class} in {ts}")
+        })?;
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1).max(1);
         let mut rq = CommandSet::new();
@@ -90,6 +125,10 @@ impl StoreScu {
             .set_u16(tags::PRIORITY, 0)
             .set_u16(tags::COMMAND_DATA_SET_TYPE, 0x0000)
             .set_uid(tags::AFFECTED_SOP_INSTANCE_UID, sop);
+        if let Some((ae, msg)) = originator {
+            rq.set_text(tags::MOVE_ORIGINATOR_AE_TITLE, ae)
+                .set_u16(tags::MOVE_ORIGINATOR_MESSAGE_ID, msg);
+        }
         self.assoc.send(&command_pdu(pc, &rq))?;
         let max = self.assoc.acceptor_max_pdu_length();
         for pdu in data_pdus(pc, data, max) {

@@ -266,6 +266,7 @@ mod tests {
             max_tries: 3,
             retry_initial_s: 2.0,
             retry_max_s: 60.0,
+            forward_sources: false,
         }
     }
 

@@ -203,7 +203,8 @@ async fn handle_association(app: Arc<App>, stream: TcpStream, peer: SocketAddr) 
         .max_pdu_length(cfg.max_pdu_length)
         .strict(true)
         .read_timeout(read_timeout)
-        .write_timeout(read_timeout);
+        .write_timeout(read_timeout)
+        .with_negotiation(sop::Roles);
     for uid in sop::abstract_syntaxes() {
         options = options.with_abstract_syntax(uid);
     }
@@ -230,6 +231,7 @@ async fn handle_association(app: Arc<App>, stream: TcpStream, peer: SocketAddr) 
         calling,
         asm: Assembler::new(),
         incoming: None,
+        qr: None,
         series_touched: Default::default(),
     };
     let end = session.run(assoc, read_timeout).await;
@@ -253,6 +255,8 @@ struct Session {
     calling: String,
     asm: Assembler,
     incoming: Option<Incoming>,
+    /// A C-FIND/C-GET/C-MOVE whose identifier is arriving.
+    qr: Option<crate::qr::Pending>,
     series_touched: std::collections::BTreeSet<String>,
 }
 
@@ -325,6 +329,20 @@ impl Session {
             Some(Fragment::Command { pc_id, command }) => {
                 self.on_command(assoc, pc_id, command).await
             }
+            Some(Fragment::Data { bytes, last, .. }) if self.qr.is_some() => {
+                let p = self.qr.as_mut().expect("checked");
+                p.push(&bytes);
+                if last {
+                    let p = self.qr.take().expect("checked");
+                    let mut conn = crate::qr::Conn {
+                        assoc,
+                        asm: &mut self.asm,
+                        calling: &self.calling,
+                    };
+                    crate::qr::handle(&self.app, &mut conn, p).await?;
+                }
+                Ok(())
+            }
             Some(Fragment::Data { bytes, last, .. }) => {
                 let Some(inc) = self.incoming.as_mut() else {
                     // Data of a command we answered already (unknown operation): drop it.
@@ -371,6 +389,31 @@ impl Session {
                     let (pc_id, rsp, _) = inc.finish(&self.app, &self.calling);
                     assoc.send(&dimse::command_pdu(pc_id, &rsp)).await?;
                 }
+            }
+            Some(CommandField::CFindRq | CommandField::CGetRq | CommandField::CMoveRq)
+                if cmd.has_data_set() =>
+            {
+                let expected = match cmd.command_field() {
+                    Some(CommandField::CFindRq) => crate::qr::FIND,
+                    Some(CommandField::CGetRq) => crate::qr::GET,
+                    _ => crate::qr::MOVE,
+                };
+                if pc.abstract_syntax.trim_end_matches('\0') != expected {
+                    anyhow::bail!(
+                        "{:?} on a context for {}, not {expected}",
+                        cmd.command_field(),
+                        pc.abstract_syntax
+                    );
+                }
+                self.qr = Some(crate::qr::Pending {
+                    pc_id,
+                    cmd,
+                    identifier: Vec::new(),
+                    too_large: false,
+                });
+            }
+            Some(CommandField::CCancelRq) => {
+                // A cancel for an operation already answered: nothing to do.
             }
             _ => {
                 let raw = cmd.command_field_raw().unwrap_or(0);

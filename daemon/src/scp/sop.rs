@@ -69,9 +69,35 @@ pub const STORAGE_SOP_CLASSES: &[(&str, &str)] = &[
     ),
 ];
 
-/// Everything offered at negotiation: Verification and the storage classes.
+/// Everything offered at negotiation: Verification, the storage classes and
+/// study-root query/retrieve.
 pub fn abstract_syntaxes() -> impl Iterator<Item = &'static str> {
-    std::iter::once(VERIFICATION).chain(STORAGE_SOP_CLASSES.iter().map(|(u, _)| *u))
+    std::iter::once(VERIFICATION)
+        .chain(STORAGE_SOP_CLASSES.iter().map(|(u, _)| *u))
+        .chain(crate::qr::SOP_CLASSES.iter().map(|(u, _)| *u))
+}
+
+/// SCP/SCU role selection: a C-GET requestor may take the SCP role for any
+/// storage class we hold (it receives the sub-operations); other proposals are
+/// left unanswered, which keeps the default roles.
+pub struct Roles;
+
+impl dicom_ul::association::server::Negotiation for Roles {
+    fn negotiate_roles(
+        &self,
+        sop_class_uid: &str,
+        scu_role: bool,
+        scp_role: bool,
+    ) -> Option<dicom_ul::pdu::RequestorRoles> {
+        let uid = sop_class_uid.trim_end_matches('\0');
+        STORAGE_SOP_CLASSES
+            .iter()
+            .any(|(u, _)| *u == uid)
+            .then_some(dicom_ul::pdu::RequestorRoles {
+                scu: scu_role,
+                scp: scp_role,
+            })
+    }
 }
 
 /// Transfer syntaxes accepted, each one stored as received and decodable by our
@@ -108,7 +134,7 @@ mod tests {
     #[test]
     fn conformance_statement_lists_every_class_and_syntax() {
         let doc = include_str!("../../../docs/CONFORMANCE.md");
-        for (uid, _) in STORAGE_SOP_CLASSES {
+        for (uid, _) in STORAGE_SOP_CLASSES.iter().chain(crate::qr::SOP_CLASSES) {
             assert!(doc.contains(uid), "docs/CONFORMANCE.md lacks {uid}");
         }
         for uid in TRANSFER_SYNTAXES {

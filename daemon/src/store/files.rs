@@ -26,6 +26,8 @@ pub struct InstanceHeader {
     pub instance_number: Option<i64>,
     pub expected_in_series: Option<u64>,
     pub number_of_frames: Option<u64>,
+    /// What a C-FIND matches and returns.
+    pub query: super::query::QueryAttrs,
 }
 
 /// PS3.5 9.1: components of digits separated by dots, at most 64 characters, no
@@ -277,6 +279,7 @@ pub fn parse_header(path: &Path) -> Result<InstanceHeader> {
         expected_in_series,
         number_of_frames,
         sop_class_uid,
+        query: super::query::QueryAttrs::from_object(&obj),
     })
 }
 

@@ -5,6 +5,7 @@
 //! sled flush and a sync of sled's data file, and only then does the caller answer.
 
 mod files;
+pub mod query;
 mod records;
 
 pub use files::{
@@ -58,6 +59,11 @@ pub struct Store {
     patients: sled::Tree,
     /// "<destination>\0<sequence, 20 digits>" -> OutboxEntry: commit order per destination
     outbox: sled::Tree,
+    /// Query/retrieve index (see query.rs): study -> StudyRow,
+    /// "study\0series" -> SeriesRow, "study\0series\0sop" -> InstanceRow.
+    qr_studies: sled::Tree,
+    qr_series: sled::Tree,
+    qr_instances: sled::Tree,
     /// Upstream destinations every committed result is queued for.
     destinations: std::sync::RwLock<Vec<String>>,
 }
@@ -126,6 +132,9 @@ impl Store {
             pending: db.open_tree("pending")?,
             patients: db.open_tree("patients")?,
             outbox: db.open_tree("outbox")?,
+            qr_studies: db.open_tree("qr_studies")?,
+            qr_series: db.open_tree("qr_series")?,
+            qr_instances: db.open_tree("qr_instances")?,
             destinations: Default::default(),
             db_file: Mutex::new((db_file, 0)),
             write_gen: AtomicU64::new(0),
@@ -221,19 +230,20 @@ impl Store {
             .expect("under root")
             .to_string_lossy()
             .into_owned();
+        let qr = query::QrEntry::new(header, rel.clone(), size, query::Origin::Source);
         let rec = StoredInstance::new(header, rel, size, calling_ae, now_ms());
         // The index row is written before the directory fsync so that one journal
         // commit carries both the rename and sled's file growth. Nothing is
         // acknowledged before both syncs below; a crash in between leaves a file
         // without a row or a row without a file, and `reconcile` mends either.
-        let outcome = self.index_instance(&rec)?;
+        let outcome = self.index_instance(&rec, &qr)?;
         fsync_dir(dir)?;
         self.sync()?;
         Ok(outcome)
     }
 
     /// Inserts the instance row and updates its series in one transaction.
-    fn index_instance(&self, rec: &StoredInstance) -> Result<Commit> {
+    fn index_instance(&self, rec: &StoredInstance, qr: &query::QrEntry) -> Result<Commit> {
         let inst_val = serde_json::to_vec(rec)?;
         let member = series_member_key(&rec.series_uid, &rec.sop_instance_uid);
         let res: Result<Commit, TransactionError<anyhow::Error>> = (
@@ -241,11 +251,15 @@ impl Store {
             &self.series,
             &self.by_series,
             &self.pending,
+            &self.qr_studies,
+            &self.qr_series,
+            &self.qr_instances,
         )
-            .transaction(|(inst, ser, by, pending)| {
+            .transaction(|(inst, ser, by, pending, qs, qse, qi)| {
                 if inst.get(rec.sop_instance_uid.as_bytes())?.is_some() {
                     return Ok(Commit::Duplicate);
                 }
+                qr_insert(qs, qse, qi, qr)?;
                 inst.insert(rec.sop_instance_uid.as_bytes(), inst_val.clone())?;
                 by.insert(member.as_slice(), &[][..])?;
                 let mut s = match ser.get(rec.series_uid.as_bytes())? {
@@ -288,6 +302,78 @@ impl Store {
         Ok(out)
     }
 
+    /// Builds the query/retrieve index from the files (a data dir from before it
+    /// existed). A file that does not parse is logged and left out of it.
+    fn backfill_qr(&self) -> Result<()> {
+        let sources = all_json::<StoredInstance>(&self.instances)?
+            .into_iter()
+            .map(|r| (r.path, query::Origin::Source));
+        let results = all_json::<ResultRecord>(&self.results)?
+            .into_iter()
+            .map(|r| (r.path, query::Origin::Result));
+        for (rel, origin) in sources.chain(results) {
+            let path = self.root.join(&rel);
+            let entry = parse_header(&path).and_then(|h| {
+                let size = fs::metadata(&path)?.len();
+                Ok(query::QrEntry::new(&h, rel.clone(), size, origin))
+            });
+            match entry {
+                Ok(e) => {
+                    let r: Result<(), TransactionError<anyhow::Error>> =
+                        (&self.qr_studies, &self.qr_series, &self.qr_instances)
+                            .transaction(|(a, b, c)| qr_insert(a, b, c, &e));
+                    r.map_err(txn_error)?;
+                }
+                Err(err) => {
+                    tracing::error!(path = %rel, error = %err, "not indexed for query/retrieve")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Study rows; with `uids`, only those studies (direct lookups).
+    pub fn qr_studies(&self, uids: Option<&[String]>) -> Result<Vec<query::StudyRow>> {
+        match uids {
+            Some(u) => u
+                .iter()
+                .filter_map(|k| get_json(&self.qr_studies, k).transpose())
+                .collect(),
+            None => all_json(&self.qr_studies),
+        }
+    }
+
+    /// Series rows of one study (or of all studies when None).
+    pub fn qr_series(&self, study: Option<&str>) -> Result<Vec<query::SeriesRow>> {
+        let prefix = study.map(|s| format!("{s}\0")).unwrap_or_default();
+        self.qr_series
+            .scan_prefix(prefix.as_bytes())
+            .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
+            .collect()
+    }
+
+    /// Instance rows under a study and series prefix (either may be None = all).
+    pub fn qr_instances(
+        &self,
+        study: Option<&str>,
+        series: Option<&str>,
+    ) -> Result<Vec<query::InstanceRow>> {
+        let prefix = match (study, series) {
+            (Some(st), Some(se)) => format!("{st}\0{se}\0"),
+            (Some(st), None) => format!("{st}\0"),
+            _ => String::new(),
+        };
+        let rows = self
+            .qr_instances
+            .scan_prefix(prefix.as_bytes())
+            .map(|kv| Ok(serde_json::from_slice::<query::InstanceRow>(&kv?.1)?));
+        rows.filter(|r: &Result<query::InstanceRow>| match (r, series, study) {
+            (Ok(r), Some(se), None) => r.series_uid == se,
+            _ => true,
+        })
+        .collect()
+    }
+
     pub fn pending_count(&self) -> usize {
         self.pending.len()
     }
@@ -314,6 +400,9 @@ impl Store {
                     &[][..],
                 )?;
             }
+        }
+        if self.qr_instances.is_empty() {
+            self.backfill_qr()?;
         }
         for j in all_json::<JobRecord>(&self.jobs)? {
             if matches!(
@@ -643,6 +732,8 @@ impl Store {
                 return Err(anyhow!("invalid UID {uid:?}"));
             }
         }
+        let header = parse_header(tmp).context("a produced object does not parse")?;
+        let size = fs::metadata(tmp)?.len();
         let results = self.root.join("results");
         let dir = results.join(&rec.study_uid).join(&rec.series_uid);
         create_dir_durable(&dir, &results)?;
@@ -663,11 +754,19 @@ impl Store {
             .read()
             .map_err(|_| anyhow!("destinations lock poisoned"))?
             .clone();
+        let qr = query::QrEntry::new(&header, rel.clone(), size, query::Origin::Result);
         let seq = self.db.generate_id()?;
-        let res: Result<(), TransactionError<anyhow::Error>> = (&self.results, &self.outbox)
-            .transaction(|(results, outbox)| {
+        let res: Result<(), TransactionError<anyhow::Error>> = (
+            &self.results,
+            &self.outbox,
+            &self.qr_studies,
+            &self.qr_series,
+            &self.qr_instances,
+        )
+            .transaction(|(results, outbox, qs, qse, qi)| {
                 let abort = |e: serde_json::Error| ConflictableTransactionError::Abort(anyhow!(e));
                 let known = results.get(rec.sop_instance_uid.as_bytes())?.is_some();
+                qr_insert(qs, qse, qi, &qr)?;
                 results.insert(
                     rec.sop_instance_uid.as_bytes(),
                     serde_json::to_vec(&rec).map_err(abort)?,
@@ -802,8 +901,9 @@ impl Store {
                         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
                         .map(|d| d.as_millis() as u64)
                         .unwrap_or_else(now_ms);
+                    let qr = query::QrEntry::new(&h, rel.clone(), size, query::Origin::Source);
                     let rec = StoredInstance::new(&h, rel, size, "", received);
-                    self.index_instance(&rec)?;
+                    self.index_instance(&rec, &qr)?;
                     report.files_indexed += 1;
                 }
                 Ok(_) | Err(_) => {
@@ -835,6 +935,51 @@ impl Store {
         }
         Ok(())
     }
+}
+
+type TxResult<T> = std::result::Result<T, ConflictableTransactionError<anyhow::Error>>;
+
+/// Adds (or, for the same SOP instance again, refreshes) an instance in the
+/// query/retrieve index and keeps the study and series counts true.
+fn qr_insert(
+    studies: &sled::transaction::TransactionalTree,
+    series: &sled::transaction::TransactionalTree,
+    instances: &sled::transaction::TransactionalTree,
+    e: &query::QrEntry,
+) -> TxResult<()> {
+    let abort = |e: serde_json::Error| ConflictableTransactionError::Abort(anyhow!(e));
+    let i = &e.instance;
+    let ikey = query::instance_key(&i.study_uid, &i.series_uid, &i.sop_instance_uid);
+    let new_instance = instances.get(&ikey)?.is_none();
+    instances.insert(ikey, serde_json::to_vec(i).map_err(abort)?)?;
+    if !new_instance {
+        return Ok(());
+    }
+    let skey = query::series_key(&i.study_uid, &i.series_uid);
+    let (mut srow, new_series) = match series.get(&skey)? {
+        Some(v) => (
+            serde_json::from_slice::<query::SeriesRow>(&v).map_err(abort)?,
+            false,
+        ),
+        None => (e.series_row(), true),
+    };
+    srow.instance_count += 1;
+    series.insert(skey, serde_json::to_vec(&srow).map_err(abort)?)?;
+    let mut st = match studies.get(i.study_uid.as_bytes())? {
+        Some(v) => serde_json::from_slice::<query::StudyRow>(&v).map_err(abort)?,
+        None => e.study_row(),
+    };
+    st.instance_count += 1;
+    st.series_count += u64::from(new_series);
+    if !e.modality.is_empty() {
+        st.modalities.insert(e.modality.clone());
+    }
+    st.sop_classes.insert(i.sop_class_uid.clone());
+    studies.insert(
+        i.study_uid.as_bytes(),
+        serde_json::to_vec(&st).map_err(abort)?,
+    )?;
+    Ok(())
 }
 
 fn series_member_key(series_uid: &str, sop_uid: &str) -> Vec<u8> {
