@@ -123,10 +123,11 @@ pub async fn run(config: Config) -> Result<()> {
         links: Default::default(),
         config,
     });
+    let ups = &app.config.upstream;
     app.store.set_destinations(
-        app.config
-            .upstream
-            .iter()
+        ups.iter().map(|u| u.ae_title.clone()).collect(),
+        ups.iter()
+            .filter(|u| u.forward_sources)
             .map(|u| u.ae_title.clone())
             .collect(),
     );

@@ -86,24 +86,31 @@ def test_results_arrive_in_orthanc_as_stored(daemon_factory, tmp_path):
 
 
 def test_link_down_through_two_kill_9_then_everything_once_in_order(daemon_factory, tmp_path):
+    """A backlog of 200+ objects (two series forwarded as received, and their
+    results) waits through two kill -9; then each arrives once, in commit order."""
     o = Orthanc(tmp_path / "orthanc")  # not started: the link is down
-    d = daemon_factory(upstream=[upstream(o)]).start()
+    d = daemon_factory(upstream=[upstream(o, forward_sources="true")]).start()
     d.wait_model()
     sent = []
     for seed in (3, 5):
-        paths = brain.write_series(str(tmp_path / f"s{seed}"), "t2", "axial", seed=seed, patient_id=f"FWD{seed}")
+        paths = brain.write_series(str(tmp_path / f"s{seed}"), "t2", "axial", seed=seed,
+                                   patient_id=f"FWD{seed}", slice_thickness=1.25)
         job = wait_state(d, send(d, paths), ("written", "failed"))
         assert job["state"] == "written"
+        sent += [pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in paths]
         sent += job["results"]
-    entries = wait_outbox(d, lambda e: len(e) == 6)
+    total = len(sent)
+    assert total >= 200
+    entries = wait_outbox(d, lambda e: len(e) == total)
     assert all(x["state"] == "pending" for x in entries)
+    assert sum(x["kind"] == "source" for x in entries) == total - 6
     deadline = time.time() + 30
     while d.get_json("/readyz")[1]["upstreams"][o.aet]["link"] != "down":
         assert time.time() < deadline, d.get_json("/readyz")[1]
         time.sleep(0.3)
     ready = d.get_json("/readyz")[1]["upstreams"][o.aet]
-    assert ready["pending"] == 6 and ready["last_error"]
-    assert f'scanside_outbox_pending{{destination="{o.aet}"}} 6' in d.metrics()
+    assert ready["pending"] == total and ready["last_error"]
+    assert f'scanside_outbox_pending{{destination="{o.aet}"}} {total}' in d.metrics()
     d.kill9()
     d.start()
     time.sleep(1.5)
@@ -115,11 +122,19 @@ def test_link_down_through_two_kill_9_then_everything_once_in_order(daemon_facto
         assert sorted(e["sop_instance_uid"] for e in entries) == sorted(sent)
         held = o.instances()
         assert set(held) == set(sent)
-        assert int(o.rest("/statistics")["CountInstances"]) == 6
-        # Commit order per destination: delivery times follow the sequence.
+        assert int(o.rest("/statistics")["CountInstances"]) == total
+        # Commit order per destination: delivery times follow the sequence, and a
+        # job's sources go before its results.
         by_seq = sorted(entries, key=lambda e: e["seq"])
         times = [e["delivered_ms"] for e in by_seq]
         assert times == sorted(times)
+        for job_id in {e["job_id"] for e in entries}:
+            kinds = [e["kind"] for e in by_seq if e["job_id"] == job_id]
+            assert kinds.index("seg") > max(i for i, k in enumerate(kinds) if k == "source")
+        # A forwarded source arrives as received.
+        src = next(e for e in entries if e["kind"] == "source")
+        ours = open(os.path.join(d.data_dir, src["path"]), "rb").read()
+        assert dataset_bytes(held[src["sop_instance_uid"]]) == dataset_bytes(ours)
     finally:
         o.stop()
 

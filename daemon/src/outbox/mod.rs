@@ -144,15 +144,19 @@ fn forward_once(app: &App, u: &UpstreamConfig) -> Duration {
 /// Sends a batch on one association. Err means the link failed (transient): the
 /// entries not yet answered stay pending as they were.
 fn send_batch(app: &App, u: &UpstreamConfig, batch: &[OutboxEntry]) -> Result<()> {
-    let mut classes: Vec<&str> = batch.iter().map(|e| e.sop_class_uid.as_str()).collect();
-    classes.sort();
-    classes.dedup();
+    // One context per (class, syntax): each object goes as it is stored.
+    let mut contexts: Vec<(String, String)> = batch
+        .iter()
+        .map(|e| (e.sop_class_uid.clone(), e.transfer_syntax.clone()))
+        .collect();
+    contexts.sort();
+    contexts.dedup();
     let calling = u
         .calling_ae_title
         .as_deref()
         .unwrap_or(&app.config.dicom.ae_title);
     let addr = format!("{}:{}", u.host, u.port);
-    let mut scu = StoreScu::connect(&addr, calling, &u.ae_title, &classes)?;
+    let mut scu = StoreScu::connect_contexts(&addr, calling, &u.ae_title, &contexts)?;
     let label = format!("destination=\"{}\"", u.ae_title);
     app.links.update(&u.ae_title, |l| {
         if l.up != Some(true) {
@@ -164,16 +168,22 @@ fn send_batch(app: &App, u: &UpstreamConfig, batch: &[OutboxEntry]) -> Result<()
         l.last_error = None;
     });
     for e in batch {
-        let outcome = if !scu.accepts(&e.sop_class_uid) {
+        let outcome = if !scu.accepts_ts(&e.sop_class_uid, &e.transfer_syntax) {
             Sent::Permanent(format!(
-                "{} accepts no presentation context for SOP class {}",
-                u.ae_title, e.sop_class_uid
+                "{} accepts no presentation context for SOP class {} in {}",
+                u.ae_title, e.sop_class_uid, e.transfer_syntax
             ))
         } else {
             let bytes = std::fs::read(app.store.root().join(&e.path))
                 .map_err(|err| anyhow!("result file {}: {err}", e.path))?;
             let data = dataset_of(&bytes)?;
-            match scu.store_raw(&e.sop_class_uid, &e.sop_instance_uid, data) {
+            match scu.store_as(
+                &e.sop_class_uid,
+                &e.transfer_syntax,
+                &e.sop_instance_uid,
+                data,
+                None,
+            ) {
                 Ok(status) => classify(status),
                 Err(err) => return Err(err.context("C-STORE")),
             }

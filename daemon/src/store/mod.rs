@@ -64,8 +64,10 @@ pub struct Store {
     qr_studies: sled::Tree,
     qr_series: sled::Tree,
     qr_instances: sled::Tree,
-    /// Upstream destinations every committed result is queued for.
+    /// Upstream destinations every committed result is queued for, and those
+    /// every received instance is queued for too (forward_sources).
     destinations: std::sync::RwLock<Vec<String>>,
+    source_destinations: std::sync::RwLock<Vec<String>>,
 }
 
 /// What a job transition did.
@@ -136,6 +138,7 @@ impl Store {
             qr_series: db.open_tree("qr_series")?,
             qr_instances: db.open_tree("qr_instances")?,
             destinations: Default::default(),
+            source_destinations: Default::default(),
             db_file: Mutex::new((db_file, 0)),
             write_gen: AtomicU64::new(0),
             db,
@@ -246,6 +249,21 @@ impl Store {
     fn index_instance(&self, rec: &StoredInstance, qr: &query::QrEntry) -> Result<Commit> {
         let inst_val = serde_json::to_vec(rec)?;
         let member = series_member_key(&rec.series_uid, &rec.sop_instance_uid);
+        let forward: Vec<records::OutboxEntry> = {
+            let dests = self
+                .source_destinations
+                .read()
+                .map_err(|_| anyhow!("destinations lock poisoned"))?;
+            if dests.is_empty() {
+                Vec::new()
+            } else {
+                let seq = self.db.generate_id()?;
+                dests
+                    .iter()
+                    .map(|d| records::OutboxEntry::source(d, seq, rec))
+                    .collect()
+            }
+        };
         let res: Result<Commit, TransactionError<anyhow::Error>> = (
             &self.instances,
             &self.series,
@@ -254,12 +272,19 @@ impl Store {
             &self.qr_studies,
             &self.qr_series,
             &self.qr_instances,
+            &self.outbox,
         )
-            .transaction(|(inst, ser, by, pending, qs, qse, qi)| {
+            .transaction(|(inst, ser, by, pending, qs, qse, qi, outbox)| {
                 if inst.get(rec.sop_instance_uid.as_bytes())?.is_some() {
                     return Ok(Commit::Duplicate);
                 }
                 qr_insert(qs, qse, qi, qr)?;
+                // Forwarded sources are queued with the instance: both or neither.
+                for e in &forward {
+                    let v = serde_json::to_vec(e)
+                        .map_err(|e| ConflictableTransactionError::Abort(anyhow!(e)))?;
+                    outbox.insert(e.key(), v)?;
+                }
                 inst.insert(rec.sop_instance_uid.as_bytes(), inst_val.clone())?;
                 by.insert(member.as_slice(), &[][..])?;
                 let mut s = match ser.get(rec.series_uid.as_bytes())? {
@@ -784,10 +809,14 @@ impl Store {
         Ok(rel)
     }
 
-    /// Sets the upstream destinations new results are queued for.
-    pub fn set_destinations(&self, d: Vec<String>) {
+    /// Sets the upstream destinations new results (and, for `sources`, new
+    /// received instances) are queued for.
+    pub fn set_destinations(&self, results: Vec<String>, sources: Vec<String>) {
         if let Ok(mut w) = self.destinations.write() {
-            *w = d;
+            *w = results;
+        }
+        if let Ok(mut w) = self.source_destinations.write() {
+            *w = sources;
         }
     }
 

@@ -353,6 +353,10 @@ pub struct OutboxEntry {
     pub seq: u64,
     pub sop_instance_uid: String,
     pub sop_class_uid: String,
+    /// The data set is sent in the syntax it is stored in.
+    #[serde(default = "explicit_vr_le")]
+    pub transfer_syntax: String,
+    /// A result kind (seg, sr, ...) or "source" for a received instance.
     pub kind: String,
     pub job_id: String,
     /// Relative to the data dir
@@ -373,6 +377,7 @@ impl OutboxEntry {
             seq,
             sop_instance_uid: r.sop_instance_uid.clone(),
             sop_class_uid: r.sop_class_uid.clone(),
+            transfer_syntax: explicit_vr_le(),
             kind: r.kind.clone(),
             job_id: r.job_id.clone(),
             path: r.path.clone(),
@@ -385,7 +390,31 @@ impl OutboxEntry {
         }
     }
 
+    /// A received instance queued for a destination with forward_sources.
+    pub fn source(dest: &str, seq: u64, i: &StoredInstance) -> Self {
+        OutboxEntry {
+            destination: dest.to_string(),
+            seq,
+            sop_instance_uid: i.sop_instance_uid.clone(),
+            sop_class_uid: i.sop_class_uid.clone(),
+            transfer_syntax: i.transfer_syntax.clone(),
+            kind: "source".into(),
+            job_id: JobRecord::id_for(&i.series_uid),
+            path: i.path.clone(),
+            created_ms: i.received_at_ms,
+            state: OutboxState::Pending,
+            tries: 0,
+            next_try_ms: 0,
+            last_error: None,
+            delivered_ms: None,
+        }
+    }
+
     pub fn key(&self) -> Vec<u8> {
         format!("{}\0{:020}", self.destination, self.seq).into_bytes()
     }
+}
+
+fn explicit_vr_le() -> String {
+    "1.2.840.10008.1.2.1".into()
 }
