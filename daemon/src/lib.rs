@@ -62,6 +62,9 @@ impl App {
         if let Ok(free) = sys::disk_free(self.store.root()) {
             self.metrics
                 .set_gauge("scanside_disk_free_bytes", "", free as f64);
+            let refusing = free < self.config.storage.min_free_bytes;
+            self.metrics
+                .set_gauge("scanside_disk_refusing", "", f64::from(u8::from(refusing)));
         }
         self.metrics.set_gauge(
             "scanside_associations_active",
@@ -155,6 +158,7 @@ pub async fn run(config: Config) -> Result<()> {
     });
     tokio::spawn(pipeline::run(app.clone(), stop_rx.clone()));
     tokio::spawn(outbox::run(app.clone(), stop_rx.clone()));
+    tokio::spawn(outbox::retention(app.clone(), stop_rx.clone()));
     tokio::spawn(sys::watchdog(app.clone()));
     tokio::spawn(async move {
         wait_for_stop_signal().await;

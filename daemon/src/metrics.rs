@@ -134,6 +134,21 @@ const HELP: &[(&str, &str, &str)] = &[
         "C-GET and C-MOVE C-STORE sub-operations, by operation and outcome (completed, failed)",
     ),
     (
+        "scanside_retention_removed_files_total",
+        "counter",
+        "Files of delivered jobs removed by [storage].retention",
+    ),
+    (
+        "scanside_retention_removed_bytes_total",
+        "counter",
+        "Bytes of delivered jobs removed by [storage].retention",
+    ),
+    (
+        "scanside_disk_refusing",
+        "gauge",
+        "1 while free space is below [storage].min_free_bytes and new data is refused (A700)",
+    ),
+    (
         "scanside_outbox_retries_total",
         "counter",
         "Failed forwarding attempts retried (link down, or an object refused), by destination",

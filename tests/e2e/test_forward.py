@@ -1,6 +1,7 @@
 """Forwarding upstream: results reach Orthanc (the hub PACS, on loopback) exactly
 as stored, wait durably while the link is down (through kill -9), and an object
 the destination refuses is dead-lettered with the reason while the rest go on."""
+import glob
 import io
 import json
 import os
@@ -11,7 +12,7 @@ import pydicom
 import pytest
 
 import brain
-from conftest import free_port, toml_str
+from conftest import free_port, run, toml_str
 from orthanc import Orthanc
 from test_segmentation import send, wait_state
 
@@ -225,5 +226,86 @@ def test_a_verified_sr_from_an_edit_is_forwarded(daemon_factory, tmp_path):
         assert ds.VerificationFlag == "VERIFIED"
         # The returned SEG itself is the viewer's, not ours: it is not forwarded.
         assert seg.SOPInstanceUID not in held
+    finally:
+        o.stop()
+
+
+def files_under(root):
+    out = {}
+    for dirpath, _, names in os.walk(root):
+        for n in names:
+            p = os.path.join(dirpath, n)
+            out[os.path.relpath(p, root)] = open(p, "rb").read()
+    return out
+
+
+def test_retention_removes_only_delivered_data_and_a_full_disk_loses_nothing(daemon_factory, tmp_path):
+    from test_qr import FIND, assoc, find, query
+    o = Orthanc(tmp_path / "orthanc").start()
+    d = daemon_factory(upstream=[upstream(o, forward_sources="true")],
+                       storage={"retention": '"3s"'}).start()
+    d.wait_model()
+    # A: delivered everywhere, then removed after the retention time.
+    a_paths = brain.write_series(str(tmp_path / "a"), "t2", "axial", seed=3, patient_id="RET1")
+    a_job = wait_state(d, send(d, a_paths), ("written", "failed"))
+    assert a_job["state"] == "written"
+    wait_outbox(d, lambda e: len(e) == len(a_paths) + 3 and all_delivered(e))
+    a_study = pydicom.dcmread(a_paths[0], stop_before_pixels=True).StudyInstanceUID
+    deadline = time.time() + 30
+    while not d.get_json(f"/api/v1/jobs/{a_job['id']}")[1].get("evicted_at_ms"):
+        assert time.time() < deadline, d.read_log()[-2000:]
+        time.sleep(0.3)
+    assert d.spool_files() == []
+    assert not glob.glob(os.path.join(d.data_dir, "results", a_study, "*", "*.dcm"))
+    m = d.metrics()
+    # Sources, SEG/SR/picture, the label volume and the picture's PNG and SVG.
+    assert f"scanside_retention_removed_files_total {len(a_paths) + 3 + 3}" in m
+    q = assoc(d)
+    try:
+        final, ids = find(q, query("STUDY", StudyInstanceUID=a_study))
+        assert final.Status == 0 and ids == []
+    finally:
+        q.release()
+    # The hub has it all; the box keeps the job row and the patient's history.
+    assert int(o.rest("/statistics")["CountInstances"]) == len(a_paths) + 3
+    assert d.get_json(f"/api/v1/jobs/{a_job['id']}")[1]["state"] == "written"
+    # B: the link is down, so B is never removed however old it gets.
+    o.stop()
+    b_paths = brain.write_series(str(tmp_path / "b"), "t2", "axial", seed=5, patient_id="RET2")
+    b_job = wait_state(d, send(d, b_paths), ("written", "failed"))
+    time.sleep(5)
+    assert not d.get_json(f"/api/v1/jobs/{b_job['id']}")[1].get("evicted_at_ms")
+    before = files_under(d.data_dir + "/spool") | files_under(d.data_dir + "/results")
+    assert len(before) == len(b_paths) + 3
+    # The disk floor: a quota-like reserve above what is free refuses new data
+    # (A700) with a status line and a metric, and nothing stored is touched.
+    d.stop()
+    d.settings["min_free_bytes"] = 1 << 62
+    d.write_config()
+    d.start()
+    c_paths = brain.write_series(str(tmp_path / "c"), "t2", "axial", seed=7, patient_id="RET3")
+    r = run(["storescu", "-v", "-aec", "SCANSIDE", "127.0.0.1", str(d.port), c_paths[0]])
+    assert "Refused: OutOfResources" in r.stdout + r.stderr, r.stdout + r.stderr
+    status, ready = d.get_json("/readyz")
+    assert status == 503 and not ready["disk_ok"] and "A700" in ready["disk"]
+    assert "scanside_disk_refusing 1" in d.metrics()
+    assert files_under(d.data_dir + "/spool") | files_under(d.data_dir + "/results") == before
+    # Space again and the link back: B is delivered, and only then removed.
+    d.stop()
+    d.settings["min_free_bytes"] = 1 << 20
+    d.write_config()
+    o.start()
+    try:
+        d.start()
+        assert "scanside_disk_refusing 0" in d.metrics()
+        wait_outbox(d, all_delivered)
+        deadline = time.time() + 30
+        while not d.get_json(f"/api/v1/jobs/{b_job['id']}")[1].get("evicted_at_ms"):
+            assert time.time() < deadline, d.read_log()[-2000:]
+            time.sleep(0.3)
+        held = o.instances()
+        for p in b_paths:
+            sop = pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID
+            assert dataset_bytes(held[sop]) == dataset_bytes(before[next(k for k in before if sop in k)])
     finally:
         o.stop()

@@ -384,6 +384,16 @@ fn readyz(app: &App) -> Response<Body> {
         "model": model,
         "store_open": store_ok,
         "disk_ok": disk_ok,
+        "disk": if disk_ok {
+            "ok".to_string()
+        } else {
+            format!(
+                "free space below the reserve ([storage].min_free_bytes = {}): new data is refused (A700); \
+                 delivered data past [storage].retention is removed, undelivered data is kept",
+                app.config.storage.min_free_bytes
+            )
+        },
+        "retention": app.config.storage.retention,
         "disk_free_bytes": free,
         "min_free_bytes": app.config.storage.min_free_bytes,
         "open_series": app.series.open_count(),

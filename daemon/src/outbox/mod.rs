@@ -81,6 +81,42 @@ pub async fn run(app: Arc<App>, shutdown: tokio::sync::watch::Receiver<bool>) {
     }
 }
 
+/// Retention: every sweep removes the files of jobs delivered everywhere and
+/// quiet past [storage].retention, oldest first (store/retention.rs says what).
+pub async fn retention(app: Arc<App>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let Some(r) = app.config.storage.retention.as_deref() else {
+        return;
+    };
+    let Ok(secs) = crate::config::parse_duration_s(r) else {
+        return; // validated at start-up
+    };
+    // Sweep a few times per retention period, at least every 5 minutes.
+    let every = Duration::from_millis((secs * 250).clamp(500, 300_000));
+    loop {
+        let a = app.clone();
+        let swept = tokio::task::spawn_blocking(move || sweep(&a, secs * 1000)).await;
+        if let Ok(Err(e)) = swept {
+            tracing::error!(error = %format!("{e:#}"), "retention sweep failed");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+fn sweep(app: &App, retention_ms: u64) -> Result<()> {
+    for job in app.store.evictable_jobs(now_ms(), retention_ms)? {
+        let ev = app.store.evict_job(&job)?;
+        app.metrics
+            .add("scanside_retention_removed_files_total", "", ev.files);
+        app.metrics
+            .add("scanside_retention_removed_bytes_total", "", ev.bytes);
+        tracing::info!(job = %ev.job_id, files = ev.files, bytes = ev.bytes, "retention: delivered job removed");
+    }
+    Ok(())
+}
+
 /// Outcome of one C-STORE.
 enum Sent {
     Delivered,

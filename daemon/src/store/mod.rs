@@ -7,6 +7,7 @@
 mod files;
 pub mod query;
 mod records;
+mod retention;
 
 pub use files::{
     attr_text, hash_ref, parse_header, valid_uid, write_part10_header, InstanceHeader,
@@ -16,6 +17,7 @@ pub use records::{
     EditRecord, InferenceRecord, JobRecord, JobState, MeasurementRecord, OutboxEntry, OutboxState,
     ResultRecord, ResultUids, SeriesRecord, SeriesState, StoredInstance,
 };
+pub use retention::Evicted;
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -64,6 +66,8 @@ pub struct Store {
     qr_studies: sled::Tree,
     qr_series: sled::Tree,
     qr_instances: sled::Tree,
+    /// job id -> files of a retention removal not yet finished (retention.rs)
+    evicting: sled::Tree,
     /// Upstream destinations every committed result is queued for, and those
     /// every received instance is queued for too (forward_sources).
     destinations: std::sync::RwLock<Vec<String>>,
@@ -137,6 +141,7 @@ impl Store {
             qr_studies: db.open_tree("qr_studies")?,
             qr_series: db.open_tree("qr_series")?,
             qr_instances: db.open_tree("qr_instances")?,
+            evicting: db.open_tree("evicting")?,
             destinations: Default::default(),
             source_destinations: Default::default(),
             db_file: Mutex::new((db_file, 0)),
@@ -144,6 +149,7 @@ impl Store {
             db,
             root: root.to_path_buf(),
         };
+        store.finish_evictions()?;
         store.reconcile(&mut report)?;
         store.backfill_secondary_indexes()?;
         if fresh && report.files_indexed == 0 {

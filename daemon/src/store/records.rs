@@ -179,6 +179,9 @@ pub struct JobRecord {
     /// Segmentations a person returned for this series, oldest first.
     #[serde(default)]
     pub edits: Vec<EditRecord>,
+    /// When retention removed the job's files (its row and history stay).
+    #[serde(default)]
+    pub evicted_at_ms: Option<u64>,
 }
 
 /// The measure stage's output. Everything the result objects show is here, fixed
@@ -313,6 +316,7 @@ impl JobRecord {
             measurement: None,
             results: Vec::new(),
             edits: Vec::new(),
+            evicted_at_ms: None,
         }
     }
 
