@@ -10,11 +10,17 @@ from conftest import free_port
 
 
 class Orthanc:
-    def __init__(self, workdir, aet="HUBPACS"):
+    def __init__(self, workdir, aet="HUBPACS", extra=None):
         self.dir = str(workdir)
         os.makedirs(self.dir, exist_ok=True)
         self.aet, self.port, self.http_port = aet, free_port(), free_port()
         self.config = os.path.join(self.dir, "orthanc.json")
+        self.configure(extra)
+        self.proc = None
+
+    def configure(self, extra=None):
+        """(Re)writes the configuration; takes effect at the next start."""
+        aet = self.aet
         with open(self.config, "w") as f:
             json.dump({
                 "Name": "scanside-test-hub", "DicomAet": aet, "DicomPort": self.port,
@@ -22,9 +28,8 @@ class Orthanc:
                 "IndexDirectory": os.path.join(self.dir, "index"), "RemoteAccessAllowed": False,
                 "AuthenticationEnabled": False, "DicomCheckCalledAet": True, "DicomAlwaysAllowStore": True,
                 "UnknownSopClassAccepted": True, "Plugins": [], "HttpServerEnabled": True,
-                "StorageCompression": False, "OverwriteInstances": True,
+                "StorageCompression": False, "OverwriteInstances": True, **(extra or {}),
             }, f)
-        self.proc = None
 
     def start(self):
         self.log = open(os.path.join(self.dir, "orthanc.log"), "a")

@@ -18,6 +18,8 @@ from test_segmentation import send, wait_state
 
 
 TOKEN = "test-token-0123456789abcdef"
+# With an upstream a finished job is queued, then delivered once every object is.
+FINAL = ("queued", "delivered", "failed")
 
 
 def test_changes_over_http_need_the_configured_token(daemon):
@@ -59,10 +61,15 @@ def test_results_arrive_in_orthanc_as_stored(daemon_factory, tmp_path):
         d = daemon_factory(upstream=[upstream(o)]).start()
         d.wait_model()
         paths = brain.write_series(str(tmp_path / "s"), "t2", "axial", seed=3)
-        job = wait_state(d, send(d, paths), ("written", "failed"))
-        assert job["state"] == "written"
+        job = wait_state(d, send(d, paths), FINAL)
+        assert job["state"] in ("queued", "delivered")
         entries = wait_outbox(d, all_delivered)
         assert sorted(e["kind"] for e in entries) == ["seg", "sr", "trend_picture"]
+        deadline = time.time() + 10
+        while (j := d.get_json(f"/api/v1/jobs/{job['id']}")[1])["state"] != "delivered":
+            assert time.time() < deadline, j
+            time.sleep(0.2)
+        assert [h["state"] for h in j["history"]][-3:] == ["written", "queued", "delivered"]
         held = o.instances()
         assert set(held) == {e["sop_instance_uid"] for e in entries}
         for e in entries:
@@ -96,8 +103,8 @@ def test_link_down_through_two_kill_9_then_everything_once_in_order(daemon_facto
     for seed in (3, 5):
         paths = brain.write_series(str(tmp_path / f"s{seed}"), "t2", "axial", seed=seed,
                                    patient_id=f"FWD{seed}", slice_thickness=1.25)
-        job = wait_state(d, send(d, paths), ("written", "failed"))
-        assert job["state"] == "written"
+        job = wait_state(d, send(d, paths), FINAL)
+        assert job["state"] in ("queued", "delivered")
         sent += [pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in paths]
         sent += job["results"]
     total = len(sent)
@@ -161,7 +168,7 @@ def test_an_object_the_destination_refuses_is_dead_lettered_with_the_reason(daem
                                       "max_tries": "2", "retry_initial_s": "0.3", "retry_max_s": "1.0"}]).start()
         d.wait_model()
         paths = brain.write_series(str(tmp_path / "s"), "t2", "axial", seed=3)
-        job = wait_state(d, send(d, paths), ("written", "failed"))
+        job = wait_state(d, send(d, paths), FINAL)
         entries = wait_outbox(d, lambda e: len(e) == 3 and all(x["state"] != "pending" for x in e))
         by_kind = {e["kind"]: e for e in entries}
         assert by_kind["seg"]["state"] == "dead" and by_kind["seg"]["tries"] == 2
@@ -171,7 +178,7 @@ def test_an_object_the_destination_refuses_is_dead_lettered_with_the_reason(daem
         ready = d.get_json("/readyz")[1]["upstreams"]["NOSEGPACS"]
         assert ready["dead_letters"] == 1 and ready["pending"] == 0
         assert 'scanside_outbox_dead_letters_total{destination="NOSEGPACS"} 1' in d.metrics()
-        assert job["state"] == "written"
+        assert job["state"] in ("queued", "delivered")
         # Replay needs the token; after the destination is fixed it delivers.
         seg = by_kind["seg"]
         replay = f"/api/v1/outbox/NOSEGPACS/{seg['seq']}/replay"
@@ -211,7 +218,7 @@ def test_a_verified_sr_from_an_edit_is_forwarded(daemon_factory, tmp_path):
         d = daemon_factory(upstream=[upstream(o)]).start()
         d.wait_model()
         paths = brain.write_series(str(tmp_path / "s"), "t2", "axial", seed=3, patient_id="FWDEDIT")
-        job = wait_state(d, send(d, paths), ("written", "failed"))
+        job = wait_state(d, send(d, paths), FINAL)
         seg, _ = edited_seg(result_files(d, job)["seg"], paths, "Oedema", "BINARY", "native")
         p = str(tmp_path / "edited.dcm")
         seg.save_as(p)
@@ -247,8 +254,8 @@ def test_retention_removes_only_delivered_data_and_a_full_disk_loses_nothing(dae
     d.wait_model()
     # A: delivered everywhere, then removed after the retention time.
     a_paths = brain.write_series(str(tmp_path / "a"), "t2", "axial", seed=3, patient_id="RET1")
-    a_job = wait_state(d, send(d, a_paths), ("written", "failed"))
-    assert a_job["state"] == "written"
+    a_job = wait_state(d, send(d, a_paths), FINAL)
+    assert a_job["state"] in ("queued", "delivered")
     wait_outbox(d, lambda e: len(e) == len(a_paths) + 3 and all_delivered(e))
     a_study = pydicom.dcmread(a_paths[0], stop_before_pixels=True).StudyInstanceUID
     deadline = time.time() + 30
@@ -268,11 +275,11 @@ def test_retention_removes_only_delivered_data_and_a_full_disk_loses_nothing(dae
         q.release()
     # The hub has it all; the box keeps the job row and the patient's history.
     assert int(o.rest("/statistics")["CountInstances"]) == len(a_paths) + 3
-    assert d.get_json(f"/api/v1/jobs/{a_job['id']}")[1]["state"] == "written"
+    assert d.get_json(f"/api/v1/jobs/{a_job['id']}")[1]["state"] == "delivered"
     # B: the link is down, so B is never removed however old it gets.
     o.stop()
     b_paths = brain.write_series(str(tmp_path / "b"), "t2", "axial", seed=5, patient_id="RET2")
-    b_job = wait_state(d, send(d, b_paths), ("written", "failed"))
+    b_job = wait_state(d, send(d, b_paths), FINAL)
     time.sleep(5)
     assert not d.get_json(f"/api/v1/jobs/{b_job['id']}")[1].get("evicted_at_ms")
     before = files_under(d.data_dir + "/spool") | files_under(d.data_dir + "/results")
@@ -307,5 +314,42 @@ def test_retention_removes_only_delivered_data_and_a_full_disk_loses_nothing(dae
         for p in b_paths:
             sop = pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID
             assert dataset_bytes(held[sop]) == dataset_bytes(before[next(k for k in before if sop in k)])
+    finally:
+        o.stop()
+
+
+def test_storage_commitment_counts_an_object_delivered_only_once_committed(daemon_factory, tmp_path):
+    o = Orthanc(tmp_path / "orthanc")
+    d = daemon_factory(upstream=[upstream(o, storage_commitment="true", commitment_timeout_s="3")])
+    # First Orthanc does not know our AE, so it cannot send its report back.
+    o.start()
+    try:
+        d.start()
+        d.wait_model()
+        paths = brain.write_series(str(tmp_path / "s"), "t2", "axial", seed=3, patient_id="COMMIT1")
+        job = wait_state(d, send(d, paths), FINAL)
+        deadline = time.time() + 60
+        while int(o.rest("/statistics")["CountInstances"]) < 3:
+            assert time.time() < deadline, d.get_json("/api/v1/outbox")[1]
+            time.sleep(0.3)
+        time.sleep(2)
+        entries = d.get_json("/api/v1/outbox")[1]
+        assert len(entries) == 3 and not any(e["state"] == "delivered" for e in entries), entries
+        assert d.get_json(f"/api/v1/jobs/{job['id']}")[1]["state"] == "queued"
+        assert d.get_json("/readyz")[1]["upstreams"][o.aet]["pending"] == 3
+    finally:
+        o.stop()
+    # Now it knows where to report: after the wait runs out the objects go again,
+    # and the N-EVENT-REPORT makes them delivered.
+    o.configure({"DicomModalities": {"scanside": [d.ae, "127.0.0.1", d.port]}})
+    o.start()
+    try:
+        entries = wait_outbox(d, all_delivered, timeout=120)
+        assert len(entries) == 3 and all(e["commitment_uid"] is None for e in entries)
+        deadline = time.time() + 10
+        while d.get_json(f"/api/v1/jobs/{job['id']}")[1]["state"] != "delivered":
+            assert time.time() < deadline
+            time.sleep(0.2)
+        assert int(o.rest("/statistics")["CountInstances"]) == 3
     finally:
         o.stop()

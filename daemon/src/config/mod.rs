@@ -81,6 +81,18 @@ pub struct UpstreamConfig {
     /// the series completes, before its results.
     #[serde(default)]
     pub forward_sources: bool,
+    /// Ask for storage commitment (N-ACTION) after each batch: an object counts
+    /// as delivered only once the destination's N-EVENT-REPORT confirms it. The
+    /// destination must know our AE (title, host, [dicom] listen port) to report.
+    #[serde(default)]
+    pub storage_commitment: bool,
+    /// No report this long after the request: the objects are sent again.
+    #[serde(default = "default_commitment_timeout_s")]
+    pub commitment_timeout_s: u64,
+}
+
+fn default_commitment_timeout_s() -> u64 {
+    600
 }
 
 fn default_batch() -> usize {
@@ -659,6 +671,12 @@ impl Config {
             }
             if u.batch == 0 {
                 err(&key("batch"), "must be at least 1".into());
+            }
+            if u.storage_commitment && u.commitment_timeout_s == 0 {
+                err(
+                    &key("commitment_timeout_s"),
+                    "must be at least 1 second".into(),
+                );
             }
             if u.max_tries == 0 {
                 err(&key("max_tries"), "must be at least 1".into());

@@ -23,6 +23,8 @@ pub mod tags {
     pub const ERROR_COMMENT: u16 = 0x0902;
     pub const ERROR_ID: u16 = 0x0903;
     pub const AFFECTED_SOP_INSTANCE_UID: u16 = 0x1000;
+    pub const EVENT_TYPE_ID: u16 = 0x1002;
+    pub const ACTION_TYPE_ID: u16 = 0x1008;
     pub const REQUESTED_SOP_INSTANCE_UID: u16 = 0x1001;
     pub const NUMBER_OF_REMAINING_SUBOPERATIONS: u16 = 0x1020;
     pub const NUMBER_OF_COMPLETED_SUBOPERATIONS: u16 = 0x1021;

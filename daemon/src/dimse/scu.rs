@@ -14,6 +14,9 @@ use super::command::tags;
 use super::{command_pdu, data_pdus, Assembler, CommandField, CommandSet, Fragment};
 
 const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
+/// Storage Commitment Push Model SOP class and its well-known instance.
+pub const STORAGE_COMMITMENT: &str = "1.2.840.10008.1.20.1";
+pub const STORAGE_COMMITMENT_INSTANCE: &str = "1.2.840.10008.1.20.1.1";
 
 pub struct StoreScu {
     assoc: ClientAssociation<TcpStream>,
@@ -31,7 +34,8 @@ impl StoreScu {
     }
 
     /// Opens an association offering one presentation context per (SOP class,
-    /// transfer syntax) pair, so that each object can go as it is stored.
+    /// transfer syntax) pair, so that each object can go as it is stored
+    /// ((STORAGE_COMMITMENT, explicit VR LE) among them for storage commitment).
     pub fn connect_contexts(
         addr: &str,
         calling: &str,
@@ -134,22 +138,112 @@ impl StoreScu {
         for pdu in data_pdus(pc, data, max) {
             self.assoc.send(&pdu)?;
         }
+        self.response(CommandField::CStoreRsp)?
+            .status()
+            .ok_or_else(|| anyhow!("C-STORE-RSP without a status"))
+    }
+
+    /// Asks for storage commitment of `refs` (SOP class, SOP instance) under
+    /// `transaction_uid`: N-ACTION-RQ, action type 1. Returns the N-ACTION-RSP
+    /// status; the outcome comes later in an N-EVENT-REPORT to our SCP.
+    pub fn request_commitment(
+        &mut self,
+        transaction_uid: &str,
+        refs: &[(String, String)],
+    ) -> Result<u16> {
+        use dicom_core::{DataElement, PrimitiveValue, VR};
+        use dicom_dictionary_std::tags as t;
+        let pc = self
+            .context(STORAGE_COMMITMENT, EXPLICIT_VR_LE)
+            .ok_or_else(|| {
+                anyhow!("the peer accepted no presentation context for storage commitment")
+            })?;
+        let mut ds = InMemDicomObject::new_empty();
+        ds.put(DataElement::new(
+            t::TRANSACTION_UID,
+            VR::UI,
+            PrimitiveValue::from(transaction_uid),
+        ));
+        let items = refs
+            .iter()
+            .map(|(class, sop)| {
+                InMemDicomObject::from_element_iter([
+                    DataElement::new(
+                        t::REFERENCED_SOP_CLASS_UID,
+                        VR::UI,
+                        PrimitiveValue::from(class.as_str()),
+                    ),
+                    DataElement::new(
+                        t::REFERENCED_SOP_INSTANCE_UID,
+                        VR::UI,
+                        PrimitiveValue::from(sop.as_str()),
+                    ),
+                ])
+            })
+            .collect::<Vec<_>>();
+        ds.put(DataElement::new(
+            t::REFERENCED_SOP_SEQUENCE,
+            VR::SQ,
+            dicom_core::value::DataSetSequence::from(items),
+        ));
+        let ts = dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN.erased();
+        let mut data = Vec::new();
+        ds.write_dataset_with_ts(&mut data, &ts)
+            .map_err(|e| anyhow!("cannot encode the commitment request: {e}"))?;
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        let mut rq = CommandSet::new();
+        rq.set_uid(tags::REQUESTED_SOP_CLASS_UID, STORAGE_COMMITMENT)
+            .set_u16(tags::COMMAND_FIELD, CommandField::NActionRq as u16)
+            .set_u16(tags::MESSAGE_ID, id)
+            .set_u16(tags::COMMAND_DATA_SET_TYPE, 0x0000)
+            .set_uid(
+                tags::REQUESTED_SOP_INSTANCE_UID,
+                STORAGE_COMMITMENT_INSTANCE,
+            )
+            .set_u16(tags::ACTION_TYPE_ID, 1);
+        self.assoc.send(&command_pdu(pc, &rq))?;
+        for pdu in data_pdus(pc, &data, self.assoc.acceptor_max_pdu_length()) {
+            self.assoc.send(&pdu)?;
+        }
+        let rsp = self.response(CommandField::NActionRsp)?;
+        // A data set may follow the response; it carries nothing we need.
+        if rsp.has_data_set() {
+            self.skip_data()?;
+        }
+        rsp.status()
+            .ok_or_else(|| anyhow!("N-ACTION-RSP without a status"))
+    }
+
+    /// The next command from the peer, which must be `expected`.
+    fn response(&mut self, expected: CommandField) -> Result<CommandSet> {
         let mut asm = Assembler::new();
         loop {
             match self.assoc.receive()? {
                 Pdu::PData { data } => {
                     for pdv in data {
                         if let Some(Fragment::Command { command, .. }) = asm.push(pdv)? {
-                            if command.command_field() != Some(CommandField::CStoreRsp) {
+                            if command.command_field() != Some(expected) {
                                 bail!("unexpected response {:?}", command.command_field());
                             }
-                            return command
-                                .status()
-                                .ok_or_else(|| anyhow!("C-STORE-RSP without a status"));
+                            return Ok(command);
                         }
                     }
                 }
                 Pdu::AbortRQ { source } => bail!("the peer aborted the association ({source:?})"),
+                other => bail!("unexpected PDU {other:?}"),
+            }
+        }
+    }
+
+    fn skip_data(&mut self) -> Result<()> {
+        loop {
+            match self.assoc.receive()? {
+                Pdu::PData { data } => {
+                    if data.iter().any(|p| p.is_last) {
+                        return Ok(());
+                    }
+                }
                 other => bail!("unexpected PDU {other:?}"),
             }
         }

@@ -20,6 +20,8 @@ use crate::dimse::scu::StoreScu;
 use crate::store::{now_ms, OutboxEntry, OutboxState};
 use crate::App;
 
+pub mod commitment;
+
 /// What /readyz and the metrics say of one destination.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct LinkState {
@@ -144,6 +146,11 @@ fn forward_once(app: &App, u: &UpstreamConfig) -> Duration {
     if link.next_attempt_ms > now {
         return Duration::from_millis((link.next_attempt_ms - now).min(1000));
     }
+    if u.storage_commitment {
+        if let Err(e) = commitment::expire(app, u) {
+            tracing::error!(error = %e, "cannot expire storage commitment waits");
+        }
+    }
     let batch = match app.store.outbox_due(&u.ae_title, now, u.batch) {
         Ok(b) => b,
         Err(e) => {
@@ -154,7 +161,19 @@ fn forward_once(app: &App, u: &UpstreamConfig) -> Duration {
     if batch.is_empty() {
         return Duration::from_millis(300);
     }
-    match send_batch(app, u, &batch) {
+    let sent = send_batch(app, u, &batch);
+    // Jobs whose last object just went move to `delivered` (also after a batch
+    // that failed half way: what was delivered stays delivered).
+    let jobs = batch.iter().map(|e| e.job_id.clone()).collect();
+    match app.store.mark_delivered(&jobs) {
+        Ok(moved) => {
+            for id in moved {
+                tracing::info!(job = %id, "job delivered upstream");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot update job states"),
+    }
+    match sent {
         Ok(()) => Duration::from_millis(0),
         Err(e) => {
             let reason = format!("{e:#}");
@@ -187,6 +206,12 @@ fn send_batch(app: &App, u: &UpstreamConfig, batch: &[OutboxEntry]) -> Result<()
         .collect();
     contexts.sort();
     contexts.dedup();
+    if u.storage_commitment {
+        contexts.push((
+            crate::dimse::scu::STORAGE_COMMITMENT.to_string(),
+            "1.2.840.10008.1.2.1".to_string(),
+        ));
+    }
     let calling = u
         .calling_ae_title
         .as_deref()
@@ -203,6 +228,8 @@ fn send_batch(app: &App, u: &UpstreamConfig, batch: &[OutboxEntry]) -> Result<()
         l.next_attempt_ms = 0;
         l.last_error = None;
     });
+    let txn = commitment::transaction_uid(batch[0].seq);
+    let mut to_commit = Vec::new();
     for e in batch {
         let outcome = if !scu.accepts_ts(&e.sop_class_uid, &e.transfer_syntax) {
             Sent::Permanent(format!(
@@ -226,6 +253,14 @@ fn send_batch(app: &App, u: &UpstreamConfig, batch: &[OutboxEntry]) -> Result<()
         };
         let mut e = e.clone();
         match outcome {
+            Sent::Delivered if u.storage_commitment => {
+                // Stored there; delivered once the commitment report says so.
+                e.state = OutboxState::Committing;
+                e.commitment_uid = Some(txn.clone());
+                e.committing_since_ms = Some(now_ms());
+                e.last_error = None;
+                to_commit.push((e.sop_class_uid.clone(), e.sop_instance_uid.clone()));
+            }
             Sent::Delivered => {
                 e.state = OutboxState::Delivered;
                 e.delivered_ms = Some(now_ms());
@@ -257,6 +292,25 @@ fn send_batch(app: &App, u: &UpstreamConfig, batch: &[OutboxEntry]) -> Result<()
             break;
         }
     }
+    if !to_commit.is_empty() {
+        let st = scu.request_commitment(&txn, &to_commit)?;
+        if st != 0 {
+            // Refused outright: those objects go again (and count as tries).
+            for mut e in app.store.outbox_entries(Some(&u.ae_title))? {
+                if e.commitment_uid.as_deref() == Some(txn.as_str()) {
+                    commitment::refused(
+                        app,
+                        &mut e,
+                        format!("storage commitment request refused, status {st:04X}"),
+                        u.max_tries,
+                    );
+                    e.commitment_uid = None;
+                    e.committing_since_ms = None;
+                    app.store.outbox_update(&e)?;
+                }
+            }
+        }
+    }
     scu.release()?;
     Ok(())
 }
@@ -283,7 +337,7 @@ pub fn queue_stats(app: &App) -> BTreeMap<String, (usize, f64, usize)> {
             .unwrap_or_default();
         let pending: Vec<&OutboxEntry> = entries
             .iter()
-            .filter(|e| e.state == OutboxState::Pending)
+            .filter(|e| matches!(e.state, OutboxState::Pending | OutboxState::Committing))
             .collect();
         let oldest = pending
             .iter()
@@ -313,6 +367,8 @@ mod tests {
             retry_initial_s: 2.0,
             retry_max_s: 60.0,
             forward_sources: false,
+            storage_commitment: false,
+            commitment_timeout_s: 600,
         }
     }
 

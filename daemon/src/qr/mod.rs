@@ -7,9 +7,9 @@
 pub mod matching;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
 use dicom_core::{DataElement, PrimitiveValue, VR};
@@ -167,7 +167,7 @@ fn ts_of(uid: &str) -> Result<&'static dicom_encoding::TransferSyntax> {
         .ok_or_else(|| anyhow!("transfer syntax {uid} unknown"))
 }
 
-fn decode(bytes: &[u8], ts: &str) -> Result<InMemDicomObject> {
+pub fn decode(bytes: &[u8], ts: &str) -> Result<InMemDicomObject> {
     let ts = ts_of(ts)?;
     InMemDicomObject::read_dataset_with_ts(bytes, ts).map_err(|e| anyhow!("{e}"))
 }
@@ -199,9 +199,15 @@ async fn send_with_data(conn: &mut Conn<'_>, pc: u8, cmd: &CommandSet, data: &[u
 async fn cancel_requested(conn: &mut Conn<'_>, msg_id: u16) -> Result<bool> {
     let mut cancelled = false;
     loop {
-        let pdu = match tokio::time::timeout(Duration::ZERO, conn.assoc.receive()).await {
-            Err(_) => return Ok(cancelled),
-            Ok(r) => r?,
+        // Poll the read once and move on when nothing is there (a zero timeout
+        // would wait for the timer's next 1 ms tick on every response).
+        let pdu = {
+            let fut = conn.assoc.receive();
+            tokio::pin!(fut);
+            match std::future::poll_fn(|cx| std::task::Poll::Ready(fut.as_mut().poll(cx))).await {
+                std::task::Poll::Pending => return Ok(cancelled),
+                std::task::Poll::Ready(r) => r?,
+            }
         };
         cancelled |= on_peer_pdu(conn, pdu, msg_id, None)?.0;
     }

@@ -255,7 +255,7 @@ struct Session {
     calling: String,
     asm: Assembler,
     incoming: Option<Incoming>,
-    /// A C-FIND/C-GET/C-MOVE whose identifier is arriving.
+    /// A C-FIND/C-GET/C-MOVE identifier or an N-EVENT-REPORT data set arriving.
     qr: Option<crate::qr::Pending>,
     series_touched: std::collections::BTreeSet<String>,
 }
@@ -332,7 +332,22 @@ impl Session {
             Some(Fragment::Data { bytes, last, .. }) if self.qr.is_some() => {
                 let p = self.qr.as_mut().expect("checked");
                 p.push(&bytes);
-                if last {
+                if last && p.cmd.command_field() == Some(CommandField::NEventReportRq) {
+                    let p = self.qr.take().expect("checked");
+                    let ts = assoc
+                        .presentation_contexts()
+                        .iter()
+                        .find(|c| c.id == p.pc_id)
+                        .map(|c| c.transfer_syntax.clone())
+                        .unwrap_or_default();
+                    let (app, calling) = (self.app.clone(), self.calling.clone());
+                    let rsp = tokio::task::spawn_blocking(move || {
+                        let obj = crate::qr::decode(&p.identifier, &ts);
+                        crate::outbox::commitment::on_event_report(&app, &calling, &p.cmd, obj)
+                    })
+                    .await?;
+                    assoc.send(&dimse::command_pdu(p.pc_id, &rsp)).await?;
+                } else if last {
                     let p = self.qr.take().expect("checked");
                     let mut conn = crate::qr::Conn {
                         assoc,
@@ -405,6 +420,18 @@ impl Session {
                         pc.abstract_syntax
                     );
                 }
+                self.qr = Some(crate::qr::Pending {
+                    pc_id,
+                    cmd,
+                    identifier: Vec::new(),
+                    too_large: false,
+                });
+            }
+            Some(CommandField::NEventReportRq)
+                if cmd.has_data_set()
+                    && pc.abstract_syntax.trim_end_matches('\0')
+                        == crate::dimse::scu::STORAGE_COMMITMENT =>
+            {
                 self.qr = Some(crate::qr::Pending {
                     pc_id,
                     cmd,

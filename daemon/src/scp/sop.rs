@@ -75,11 +75,13 @@ pub fn abstract_syntaxes() -> impl Iterator<Item = &'static str> {
     std::iter::once(VERIFICATION)
         .chain(STORAGE_SOP_CLASSES.iter().map(|(u, _)| *u))
         .chain(crate::qr::SOP_CLASSES.iter().map(|(u, _)| *u))
+        .chain(std::iter::once(crate::dimse::scu::STORAGE_COMMITMENT))
 }
 
 /// SCP/SCU role selection: a C-GET requestor may take the SCP role for any
-/// storage class we hold (it receives the sub-operations); other proposals are
-/// left unanswered, which keeps the default roles.
+/// storage class we hold (it receives the sub-operations), and an upstream the
+/// SCP role for storage commitment (it sends the N-EVENT-REPORT); other proposals
+/// are left unanswered, which keeps the default roles.
 pub struct Roles;
 
 impl dicom_ul::association::server::Negotiation for Roles {
@@ -90,9 +92,9 @@ impl dicom_ul::association::server::Negotiation for Roles {
         scp_role: bool,
     ) -> Option<dicom_ul::pdu::RequestorRoles> {
         let uid = sop_class_uid.trim_end_matches('\0');
-        STORAGE_SOP_CLASSES
-            .iter()
-            .any(|(u, _)| *u == uid)
+        // An upstream that reports storage commitment is the SCP of that class.
+        (STORAGE_SOP_CLASSES.iter().any(|(u, _)| *u == uid)
+            || uid == crate::dimse::scu::STORAGE_COMMITMENT)
             .then_some(dicom_ul::pdu::RequestorRoles {
                 scu: scu_role,
                 scp: scp_role,

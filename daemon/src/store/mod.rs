@@ -664,6 +664,11 @@ impl Store {
         over_budget: bool,
     ) -> Result<bool> {
         let now = now_ms();
+        let dests = self
+            .destinations
+            .read()
+            .map_err(|_| anyhow!("destinations lock poisoned"))?
+            .len();
         self.transition(id, |j| {
             if j.state != JobState::Measured {
                 return Step::Unchanged { drop_pending: true };
@@ -675,12 +680,55 @@ impl Store {
                 at_ms: now,
                 note: Some(format!("{} result object(s)", results.len())),
             });
+            if dests > 0 {
+                // commit_result queued every object; the forwarder marks delivery.
+                j.state = JobState::Queued;
+                j.history.push(records::StateChange {
+                    state: JobState::Queued,
+                    at_ms: now,
+                    note: Some(format!("for {dests} upstream destination(s)")),
+                });
+            }
             j.results = results.clone();
-            // Forwarding (the outbox) is not built yet: written is the last step.
             Step::Changed {
                 keep_pending: false,
             }
         })
+    }
+
+    /// Moves each of `jobs` that is `queued` and has every outbox entry delivered
+    /// to `delivered`. Returns the jobs that moved.
+    pub fn mark_delivered(&self, jobs: &std::collections::BTreeSet<String>) -> Result<Vec<String>> {
+        let mut open = std::collections::HashSet::new();
+        for e in all_json::<records::OutboxEntry>(&self.outbox)? {
+            if e.state != records::OutboxState::Delivered && jobs.contains(&e.job_id) {
+                open.insert(e.job_id);
+            }
+        }
+        let mut moved = Vec::new();
+        let now = now_ms();
+        for id in jobs.iter().filter(|j| !open.contains(*j)) {
+            let changed = self.transition(id, |j| {
+                if j.state != JobState::Queued {
+                    return Step::Unchanged {
+                        drop_pending: false,
+                    };
+                }
+                j.state = JobState::Delivered;
+                j.history.push(records::StateChange {
+                    state: JobState::Delivered,
+                    at_ms: now,
+                    note: Some("every object acknowledged upstream".into()),
+                });
+                Step::Changed {
+                    keep_pending: false,
+                }
+            })?;
+            if changed {
+                moved.push(id.clone());
+            }
+        }
+        Ok(moved)
     }
 
     /// Appends a person's edit to a job (the same returned SEG again replaces it).

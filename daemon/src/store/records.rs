@@ -344,6 +344,9 @@ impl JobRecord {
 #[serde(rename_all = "snake_case")]
 pub enum OutboxState {
     Pending,
+    /// Stored at a destination with storage commitment, waiting for its
+    /// N-EVENT-REPORT: not delivered yet.
+    Committing,
     Delivered,
     /// Refused by the destination max_tries times: kept, not retried, listed.
     Dead,
@@ -372,6 +375,11 @@ pub struct OutboxEntry {
     pub next_try_ms: u64,
     pub last_error: Option<String>,
     pub delivered_ms: Option<u64>,
+    /// Transaction UID of the storage commitment request (state committing).
+    #[serde(default)]
+    pub commitment_uid: Option<String>,
+    #[serde(default)]
+    pub committing_since_ms: Option<u64>,
 }
 
 impl OutboxEntry {
@@ -391,6 +399,8 @@ impl OutboxEntry {
             next_try_ms: 0,
             last_error: None,
             delivered_ms: None,
+            commitment_uid: None,
+            committing_since_ms: None,
         }
     }
 
@@ -411,6 +421,8 @@ impl OutboxEntry {
             next_try_ms: 0,
             last_error: None,
             delivered_ms: None,
+            commitment_uid: None,
+            committing_since_ms: None,
         }
     }
 
