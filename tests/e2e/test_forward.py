@@ -353,3 +353,81 @@ def test_storage_commitment_counts_an_object_delivered_only_once_committed(daemo
         assert int(o.rest("/statistics")["CountInstances"]) == 3
     finally:
         o.stop()
+
+
+def make_pki(d):
+    """A CA and a server certificate for localhost / 127.0.0.1 (openssl)."""
+    os.makedirs(d, exist_ok=True)
+    p = lambda n: os.path.join(d, n)  # noqa: E731
+    with open(p("ext"), "w") as f:
+        f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+                "keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\n")
+    for argv in (
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", p("ca.key"), "-out", p("ca.crt"),
+         "-days", "2", "-subj", "/CN=scanside test CA"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", p("server.key"), "-out", p("server.csr"),
+         "-subj", "/CN=localhost"],
+        ["x509", "-req", "-in", p("server.csr"), "-CA", p("ca.crt"), "-CAkey", p("ca.key"),
+         "-CAcreateserial", "-out", p("server.crt"), "-days", "2", "-extfile", p("ext")],
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", p("other.key"), "-out", p("other.crt"),
+         "-days", "2", "-subj", "/CN=some other CA"],
+    ):
+        r = run(["openssl"] + argv)
+        assert r.returncode == 0, r.stderr
+    return p
+
+
+def test_forwarding_over_tls_checks_the_hub_certificate(daemon_factory, tmp_path):
+    pki = make_pki(str(tmp_path / "pki"))
+    o = Orthanc(tmp_path / "orthanc", extra={
+        "DicomTlsEnabled": True, "DicomTlsCertificate": pki("server.crt"),
+        "DicomTlsPrivateKey": pki("server.key"), "DicomTlsTrustedCertificates": pki("ca.crt"),
+        "DicomTlsRemoteCertificateRequired": False}).start()
+    try:
+        # A CA the hub's certificate does not chain to: nothing goes, and the
+        # link state says why.
+        d = daemon_factory(upstream=[upstream(o, tls=f'{{ ca_file = {toml_str(pki("other.crt"))}, '
+                                                  f'server_name = "localhost" }}')]).start()
+        d.wait_model()
+        paths = brain.write_series(str(tmp_path / "s"), "t2", "axial", seed=3, patient_id="TLS1")
+        job = wait_state(d, send(d, paths), FINAL)
+        deadline = time.time() + 30
+        while not (up := d.get_json("/readyz")[1]["upstreams"][o.aet])["last_error"]:
+            assert time.time() < deadline, up
+            time.sleep(0.3)
+        assert up["link"] == "down" and "TLS" in up["last_error"], up
+        assert int(o.rest("/statistics")["CountInstances"]) == 0
+        d.stop()
+        # The right CA: delivered, element-equal.
+        d.settings["upstream"] = [upstream(o, tls=f'{{ ca_file = {toml_str(pki("ca.crt"))}, '
+                                                   f'server_name = "localhost" }}')]
+        d.write_config()
+        d.start()
+        entries = wait_outbox(d, all_delivered)
+        assert len(entries) == 3
+        held = o.instances()
+        for e in entries:
+            ours = open(os.path.join(d.data_dir, e["path"]), "rb").read()
+            assert pydicom.dcmread(io.BytesIO(held[e["sop_instance_uid"]])) == pydicom.dcmread(io.BytesIO(ours))
+        deadline = time.time() + 10
+        while d.get_json(f"/api/v1/jobs/{job['id']}")[1]["state"] != "delivered":
+            assert time.time() < deadline
+            time.sleep(0.2)
+    finally:
+        o.stop()
+
+
+def test_a_bad_tls_file_names_the_key(tmp_path):
+    from conftest import BIN
+    cfg = tmp_path / "c.toml"
+    (tmp_path / "junk.pem").write_text("not a certificate\n")
+    cfg.write_text(open(os.path.join(os.path.dirname(__file__), "..", "..", "firmware-config", "default.toml")).read()
+                   + '\n[[upstream]]\nae_title = "HUB"\nhost = "h"\nport = 104\n'
+                   + f'tls = {{ ca_file = {toml_str(tmp_path / "missing.pem")} }}\n'
+                   + '\n[[upstream]]\nae_title = "HUB2"\nhost = "h"\nport = 104\n'
+                   + f'tls = {{ ca_file = {toml_str(tmp_path / "junk.pem")}, cert_file = "x.pem" }}\n')
+    r = run([BIN, "check-config", str(cfg)])
+    out = r.stdout + r.stderr
+    assert r.returncode != 0
+    assert "upstream[0].tls.ca_file" in out and "missing.pem" in out, out
+    assert "upstream[1].tls.ca_file" in out, out

@@ -89,6 +89,24 @@ pub struct UpstreamConfig {
     /// No report this long after the request: the objects are sent again.
     #[serde(default = "default_commitment_timeout_s")]
     pub commitment_timeout_s: u64,
+    /// DICOM over TLS to this destination; absent: plain TCP.
+    #[serde(default)]
+    pub tls: Option<UpstreamTls>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// PEM file of the CA certificate(s) the destination's certificate must chain to.
+    pub ca_file: PathBuf,
+    /// Our certificate chain and key (PEM) for a destination that asks for one.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// The name the destination's certificate must carry; default: host.
+    #[serde(default)]
+    pub server_name: Option<String>,
 }
 
 fn default_commitment_timeout_s() -> u64 {
@@ -671,6 +689,11 @@ impl Config {
             }
             if u.batch == 0 {
                 err(&key("batch"), "must be at least 1".into());
+            }
+            if let Some(t) = &u.tls {
+                if let Err((k, m)) = crate::dimse::tls::client_config(t) {
+                    err(&key(&format!("tls.{k}")), m);
+                }
             }
             if u.storage_commitment && u.commitment_timeout_s == 0 {
                 err(

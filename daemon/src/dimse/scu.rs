@@ -2,12 +2,16 @@
 //! explicit VR little endian, TCP_NODELAY, one request at a time, explicit
 //! release. Used by `scanside demo`; the forwarder builds on the same messages.
 
+use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use dicom_object::{FileDicomObject, InMemDicomObject};
-use dicom_ul::association::client::{ClientAssociation, ClientAssociationOptions};
+use dicom_ul::association::client::{
+    ClientAssociation, ClientAssociationOptions, CloseSocket, TlsStream,
+};
 use dicom_ul::pdu::Pdu;
 
 use super::command::tags;
@@ -18,9 +22,48 @@ const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
 pub const STORAGE_COMMITMENT: &str = "1.2.840.10008.1.20.1";
 pub const STORAGE_COMMITMENT_INSTANCE: &str = "1.2.840.10008.1.20.1.1";
 
-pub struct StoreScu {
-    assoc: ClientAssociation<TcpStream>,
+/// Over plain TCP (`StoreScu`) or TLS (`StoreScu<TlsStream>`).
+pub struct StoreScu<S = TcpStream> {
+    assoc: ClientAssociation<S>,
     next_id: u16,
+}
+
+fn options<'a>(
+    calling: &str,
+    called: &str,
+    contexts: &[(String, String)],
+) -> ClientAssociationOptions<'a> {
+    let mut o = ClientAssociationOptions::new()
+        .calling_ae_title(calling.to_string())
+        .called_ae_title(called.to_string())
+        .read_timeout(Duration::from_secs(60))
+        .write_timeout(Duration::from_secs(60))
+        .connection_timeout(Duration::from_secs(10));
+    for (class, ts) in contexts {
+        o = o.with_presentation_context(class.clone(), vec![ts.clone()]);
+    }
+    o
+}
+
+impl StoreScu<TlsStream> {
+    /// As `connect_contexts`, over TLS: the peer's certificate is checked
+    /// against `tls`'s roots for `server_name`.
+    pub fn connect_tls(
+        addr: &str,
+        calling: &str,
+        called: &str,
+        contexts: &[(String, String)],
+        tls: Arc<rustls::ClientConfig>,
+        server_name: &str,
+    ) -> Result<StoreScu<TlsStream>> {
+        let mut assoc = options(calling, called, contexts)
+            .tls_config(tls)
+            .server_name(server_name)
+            .establish_tls(addr)
+            .with_context(|| format!("cannot open a TLS association to {called} at {addr}"))?;
+        assoc.inner_stream().sock.set_nodelay(true)?;
+        Ok(StoreScu { assoc, next_id: 1 })
+    }
 }
 
 impl StoreScu {
@@ -42,23 +85,16 @@ impl StoreScu {
         called: &str,
         contexts: &[(String, String)],
     ) -> Result<StoreScu> {
-        let mut o = ClientAssociationOptions::new()
-            .calling_ae_title(calling.to_string())
-            .called_ae_title(called.to_string())
-            .read_timeout(Duration::from_secs(60))
-            .write_timeout(Duration::from_secs(60))
-            .connection_timeout(Duration::from_secs(10));
-        for (class, ts) in contexts {
-            o = o.with_presentation_context(class.clone(), vec![ts.clone()]);
-        }
-        let mut assoc = o
+        let mut assoc = options(calling, called, contexts)
             .establish(addr)
             .with_context(|| format!("cannot open an association to {called} at {addr}"))?;
         // dicom-ul never sets it; without it each small message waits ~40 ms.
         assoc.inner_stream().set_nodelay(true)?;
         Ok(StoreScu { assoc, next_id: 1 })
     }
+}
 
+impl<S: CloseSocket + Read + Write> StoreScu<S> {
     /// Whether the peer accepted a presentation context for `class` (in explicit
     /// VR little endian).
     pub fn accepts(&self, class: &str) -> bool {

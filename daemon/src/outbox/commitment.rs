@@ -182,3 +182,71 @@ pub fn on_event_report(
     rsp.set_u16(ctags::STATUS, st);
     rsp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+
+    fn item(sop: &str, reason: Option<&str>) -> InMemDicomObject {
+        let mut i = InMemDicomObject::from_element_iter([
+            DataElement::new(
+                tags::REFERENCED_SOP_CLASS_UID,
+                VR::UI,
+                PrimitiveValue::from("1.2.840.10008.5.1.4.1.1.66.4"),
+            ),
+            DataElement::new(
+                tags::REFERENCED_SOP_INSTANCE_UID,
+                VR::UI,
+                PrimitiveValue::from(sop),
+            ),
+        ]);
+        if let Some(r) = reason {
+            i.put(DataElement::new(
+                tags::FAILURE_REASON,
+                VR::US,
+                PrimitiveValue::from(r),
+            ));
+        }
+        i
+    }
+
+    #[test]
+    fn a_report_names_committed_and_failed_instances() {
+        let mut obj = InMemDicomObject::new_empty();
+        obj.put(DataElement::new(
+            tags::TRANSACTION_UID,
+            VR::UI,
+            PrimitiveValue::from("2.25.7"),
+        ));
+        obj.put(DataElement::new(
+            tags::REFERENCED_SOP_SEQUENCE,
+            VR::SQ,
+            dicom_core::value::DataSetSequence::from(vec![
+                item("1.2.3", None),
+                item("1.2.4", None),
+            ]),
+        ));
+        obj.put(DataElement::new(
+            tags::FAILED_SOP_SEQUENCE,
+            VR::SQ,
+            dicom_core::value::DataSetSequence::from(vec![item("1.2.5", Some("274"))]),
+        ));
+        let r = parse_report(&obj).unwrap();
+        assert_eq!(r.transaction_uid, "2.25.7");
+        assert_eq!(r.committed, vec!["1.2.3", "1.2.4"]);
+        assert_eq!(r.failed, vec![("1.2.5".to_string(), 274)]);
+        let empty = InMemDicomObject::new_empty();
+        assert!(parse_report(&empty)
+            .unwrap_err()
+            .to_string()
+            .contains("(0008,1195)"));
+    }
+
+    #[test]
+    fn transaction_uids_are_valid_and_fresh() {
+        let (a, b) = (transaction_uid(1), transaction_uid(2));
+        assert!(crate::store::valid_uid(&a), "{a}");
+        assert_ne!(a, b);
+    }
+}

@@ -217,7 +217,31 @@ fn send_batch(app: &App, u: &UpstreamConfig, batch: &[OutboxEntry]) -> Result<()
         .as_deref()
         .unwrap_or(&app.config.dicom.ae_title);
     let addr = format!("{}:{}", u.host, u.port);
-    let mut scu = StoreScu::connect_contexts(&addr, calling, &u.ae_title, &contexts)?;
+    match &u.tls {
+        None => {
+            let scu = StoreScu::connect_contexts(&addr, calling, &u.ae_title, &contexts)?;
+            send_on(app, u, batch, scu)
+        }
+        Some(t) => {
+            let cfg = crate::dimse::tls::client_config(t)
+                .map_err(|(k, m)| anyhow!("upstream tls.{k}: {m}"))?;
+            let name = t.server_name.as_deref().unwrap_or(&u.host);
+            let scu = StoreScu::connect_tls(&addr, calling, &u.ae_title, &contexts, cfg, name)?;
+            send_on(app, u, batch, scu)
+        }
+    }
+}
+
+/// The batch on an open association (plain or TLS).
+fn send_on<S>(
+    app: &App,
+    u: &UpstreamConfig,
+    batch: &[OutboxEntry],
+    mut scu: StoreScu<S>,
+) -> Result<()>
+where
+    S: dicom_ul::association::client::CloseSocket + std::io::Read + std::io::Write,
+{
     let label = format!("destination=\"{}\"", u.ae_title);
     app.links.update(&u.ae_title, |l| {
         if l.up != Some(true) {
@@ -369,6 +393,7 @@ mod tests {
             forward_sources: false,
             storage_commitment: false,
             commitment_timeout_s: 600,
+            tls: None,
         }
     }
 
