@@ -431,3 +431,48 @@ def test_a_bad_tls_file_names_the_key(tmp_path):
     assert r.returncode != 0
     assert "upstream[0].tls.ca_file" in out and "missing.pem" in out, out
     assert "upstream[1].tls.ca_file" in out, out
+
+
+def test_orthanc_refusing_seg_dead_letters_it_through_storage_commitment(daemon_factory, tmp_path):
+    """Orthanc 1.10 cannot refuse a known SOP class at C-STORE: a Lua filter drops
+    the SEG yet answers 0000. Storage commitment catches it: Orthanc reports the
+    SEG as failed, so it is sent again and, after max_tries, dead-lettered with
+    the reason, while SR and picture are delivered. Fixed Orthanc + replay: in."""
+    lua = tmp_path / "refuse_seg.lua"
+    lua.write_text("function ReceivedInstanceFilter(dicom, origin, info)\n"
+                   "  return dicom.SOPClassUID ~= '1.2.840.10008.5.1.4.1.1.66.4'\nend\n")
+    o = Orthanc(tmp_path / "orthanc")
+    d = daemon_factory(http_token=TOKEN, upstream=[upstream(
+        o, storage_commitment="true", max_tries="2", retry_initial_s="0.3", retry_max_s="1.0")])
+    modality = {"DicomModalities": {"scanside": [d.ae, "127.0.0.1", d.port]}}
+    o.configure({**modality, "LuaScripts": [str(lua)]})
+    o.start()
+    try:
+        d.start()
+        d.wait_model()
+        paths = brain.write_series(str(tmp_path / "s"), "t2", "axial", seed=3, patient_id="REFUSE1")
+        job = wait_state(d, send(d, paths), FINAL)
+        entries = wait_outbox(d, lambda e: len(e) == 3 and all(x["state"] in ("delivered", "dead") for x in e))
+        by_kind = {e["kind"]: e for e in entries}
+        seg = by_kind["seg"]
+        assert seg["state"] == "dead" and seg["tries"] == 2
+        assert "storage commitment failed" in seg["last_error"], seg
+        assert by_kind["sr"]["state"] == by_kind["trend_picture"]["state"] == "delivered"
+        assert set(o.instances()) == {by_kind["sr"]["sop_instance_uid"], by_kind["trend_picture"]["sop_instance_uid"]}
+        assert d.get_json(f"/api/v1/jobs/{job['id']}")[1]["state"] == "queued"
+        assert d.get_json("/readyz")[1]["upstreams"][o.aet]["dead_letters"] == 1
+    finally:
+        o.stop()
+    o.configure(modality)
+    o.start()
+    try:
+        status, body = d.post(f"/api/v1/outbox/{o.aet}/{seg['seq']}/replay", token=TOKEN)
+        assert status == 200 and body["state"] == "pending", body
+        wait_outbox(d, all_delivered)
+        assert seg["sop_instance_uid"] in o.instances()
+        deadline = time.time() + 10
+        while d.get_json(f"/api/v1/jobs/{job['id']}")[1]["state"] != "delivered":
+            assert time.time() < deadline
+            time.sleep(0.2)
+    finally:
+        o.stop()
