@@ -476,3 +476,38 @@ def test_orthanc_refusing_seg_dead_letters_it_through_storage_commitment(daemon_
             time.sleep(0.2)
     finally:
         o.stop()
+
+
+def test_a_destination_that_takes_only_implicit_vr_gets_re_encoded_objects(daemon_factory, tmp_path):
+    """The transfer syntax is chosen from what the destination accepts: our
+    explicit VR results go to an implicit-VR-only PACS re-encoded, values equal."""
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import EnhancedSRStorage, SecondaryCaptureImageStorage, SegmentationStorage
+    from pydicom.uid import ImplicitVRLittleEndian
+    from test_qr import same_values
+    got = {}
+
+    def on_store(event):
+        ds = event.dataset
+        got[ds.SOPInstanceUID] = (event.context.transfer_syntax, ds)
+        return 0x0000
+
+    ae = AE(ae_title="IMPLICITPACS")
+    for c in (EnhancedSRStorage, SecondaryCaptureImageStorage, SegmentationStorage):
+        ae.add_supported_context(c, [ImplicitVRLittleEndian])
+    port = free_port()
+    scp = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        d = daemon_factory(upstream=[{"ae_title": '"IMPLICITPACS"', "host": '"127.0.0.1"', "port": str(port)}]).start()
+        d.wait_model()
+        paths = brain.write_series(str(tmp_path / "s"), "t2", "axial", seed=3)
+        wait_state(d, send(d, paths), FINAL)
+        entries = wait_outbox(d, lambda e: len(e) == 3 and all_delivered(e))
+        for e in entries:
+            ts, theirs = got[e["sop_instance_uid"]]
+            assert ts == ImplicitVRLittleEndian
+            ours = pydicom.dcmread(os.path.join(d.data_dir, e["path"]))
+            assert ours.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+            assert same_values(theirs, ours), e["kind"]
+    finally:
+        scp.shutdown()

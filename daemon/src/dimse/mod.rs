@@ -8,6 +8,7 @@
 pub mod command;
 pub mod scu;
 pub mod status;
+pub mod syntax;
 pub mod tls;
 
 pub use command::{CommandField, CommandSet, NO_DATA_SET};

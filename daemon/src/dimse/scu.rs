@@ -106,6 +106,22 @@ impl<S: CloseSocket + Read + Write> StoreScu<S> {
         self.context(class, ts).is_some()
     }
 
+    /// The syntax to send an object stored in `stored` in: that one if the peer
+    /// accepted it for `class`, else an accepted uncompressed one when `stored`
+    /// is uncompressed (see syntax::proposals).
+    pub fn syntax_for(&self, class: &str, stored: &str) -> Option<String> {
+        if self.accepts_ts(class, stored) {
+            return Some(stored.to_string());
+        }
+        if !super::syntax::is_native(stored) {
+            return None;
+        }
+        [super::syntax::EXPLICIT_VR_LE, super::syntax::IMPLICIT_VR_LE]
+            .into_iter()
+            .find(|t| self.accepts_ts(class, t))
+            .map(str::to_string)
+    }
+
     fn context(&self, class: &str, ts: &str) -> Option<u8> {
         self.assoc
             .presentation_contexts()

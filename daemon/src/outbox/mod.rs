@@ -206,6 +206,7 @@ fn send_batch(app: &App, u: &UpstreamConfig, batch: &[OutboxEntry]) -> Result<()
         .collect();
     contexts.sort();
     contexts.dedup();
+    let mut contexts = crate::dimse::syntax::proposals(&contexts);
     if u.storage_commitment {
         contexts.push((
             crate::dimse::scu::STORAGE_COMMITMENT.to_string(),
@@ -255,25 +256,20 @@ where
     let txn = commitment::transaction_uid(batch[0].seq);
     let mut to_commit = Vec::new();
     for e in batch {
-        let outcome = if !scu.accepts_ts(&e.sop_class_uid, &e.transfer_syntax) {
-            Sent::Permanent(format!(
-                "{} accepts no presentation context for SOP class {} in {}",
-                u.ae_title, e.sop_class_uid, e.transfer_syntax
-            ))
-        } else {
+        let outcome = if let Some(ts) = scu.syntax_for(&e.sop_class_uid, &e.transfer_syntax) {
             let bytes = std::fs::read(app.store.root().join(&e.path))
-                .map_err(|err| anyhow!("result file {}: {err}", e.path))?;
-            let data = dataset_of(&bytes)?;
-            match scu.store_as(
-                &e.sop_class_uid,
-                &e.transfer_syntax,
-                &e.sop_instance_uid,
-                data,
-                None,
-            ) {
+                .map_err(|err| anyhow!("file {}: {err}", e.path))?;
+            let data = crate::dimse::syntax::dataset_in(&bytes, &e.transfer_syntax, &ts)?;
+            match scu.store_as(&e.sop_class_uid, &ts, &e.sop_instance_uid, &data, None) {
                 Ok(status) => classify(status),
                 Err(err) => return Err(err.context("C-STORE")),
             }
+        } else {
+            Sent::Permanent(format!(
+                "{} accepts no presentation context for SOP class {} in {} (or, for an \
+                 uncompressed object, in any uncompressed syntax)",
+                u.ae_title, e.sop_class_uid, e.transfer_syntax
+            ))
         };
         let mut e = e.clone();
         match outcome {
@@ -337,17 +333,6 @@ where
     }
     scu.release()?;
     Ok(())
-}
-
-/// The data set of a Part 10 file: what follows the meta group ((0002,0000) gives
-/// its length), sent as stored.
-pub fn dataset_of(b: &[u8]) -> Result<&[u8]> {
-    if b.len() < 144 || &b[128..132] != b"DICM" || b[132..136] != [2, 0, 0, 0] {
-        return Err(anyhow!("not a Part 10 file with a meta group length"));
-    }
-    let len = u32::from_le_bytes([b[140], b[141], b[142], b[143]]) as usize;
-    b.get(144 + len..)
-        .ok_or_else(|| anyhow!("meta group longer than the file"))
 }
 
 /// Per destination: pending count, oldest pending age (s), dead letters.
@@ -415,17 +400,5 @@ mod tests {
         assert!(matches!(classify(0xA700), Sent::Transient(_)));
         assert!(matches!(classify(0xA900), Sent::Permanent(_)));
         assert!(matches!(classify(0xC000), Sent::Permanent(_)));
-    }
-
-    #[test]
-    fn the_data_set_follows_the_meta_group() {
-        let mut f = vec![0u8; 128];
-        f.extend_from_slice(b"DICM");
-        f.extend_from_slice(&[2, 0, 0, 0, b'U', b'L', 4, 0]);
-        f.extend_from_slice(&4u32.to_le_bytes());
-        f.extend_from_slice(&[9, 9, 9, 9]); // the rest of the meta group
-        f.extend_from_slice(&[8, 0, 0x16, 0]);
-        assert_eq!(dataset_of(&f).unwrap(), &[8, 0, 0x16, 0]);
-        assert!(dataset_of(&f[..100]).is_err());
     }
 }

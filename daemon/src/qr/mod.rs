@@ -14,14 +14,13 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Result};
 use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::tags as dtags;
-use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
 use dicom_object::InMemDicomObject;
-use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use dicom_ul::association::{Association, AsyncServerAssociation};
 use dicom_ul::pdu::{Pdu, PresentationContextNegotiated, PresentationContextResultReason};
 use tokio::net::TcpStream;
 
 use crate::dimse::command::tags;
+use crate::dimse::syntax::{dataset_in, is_native, ts_of};
 use crate::dimse::{self, status, Assembler, CommandField, CommandSet, Fragment};
 use crate::store::query::InstanceRow;
 use crate::App;
@@ -159,12 +158,6 @@ fn op_name(f: CommandField) -> &'static str {
 
 fn truncate(s: &str, n: usize) -> String {
     s.chars().take(n).collect()
-}
-
-fn ts_of(uid: &str) -> Result<&'static dicom_encoding::TransferSyntax> {
-    TransferSyntaxRegistry
-        .get(uid.trim_end_matches('\0'))
-        .ok_or_else(|| anyhow!("transfer syntax {uid} unknown"))
 }
 
 pub fn decode(bytes: &[u8], ts: &str) -> Result<InMemDicomObject> {
@@ -432,33 +425,6 @@ pub fn retrieve_set(
         }
     }
     Ok(Ok(rows))
-}
-
-/// The data set of a stored file in transfer syntax `to`: as stored when it is
-/// already in `to`, re-encoded between the uncompressed syntaxes otherwise.
-pub fn dataset_in(bytes: &[u8], from: &str, to: &str) -> Result<Vec<u8>> {
-    if from == to {
-        return Ok(crate::outbox::dataset_of(bytes)?.to_vec());
-    }
-    let t = ts_of(to)?;
-    if !(is_native(from) && is_native(to)) {
-        bail!("stored in {from}, which cannot be re-encoded as {to}");
-    }
-    let obj = dicom_object::OpenFileOptions::new()
-        .from_reader(&bytes[128.min(bytes.len())..])
-        .map_err(|e| anyhow!("{e}"))?;
-    let mut out = Vec::new();
-    obj.write_dataset_with_ts(&mut out, t)
-        .map_err(|e| anyhow!("{e}"))?;
-    Ok(out)
-}
-
-/// Implicit VR LE, explicit VR LE, explicit VR BE: re-encodable into each other.
-fn is_native(uid: &str) -> bool {
-    matches!(
-        uid.trim_end_matches('\0'),
-        "1.2.840.10008.1.2" | "1.2.840.10008.1.2.1" | "1.2.840.10008.1.2.2"
-    )
 }
 
 enum Target {
@@ -770,6 +736,7 @@ fn move_worker(
         .collect();
     contexts.sort();
     contexts.dedup();
+    let contexts = crate::dimse::syntax::proposals(&contexts);
     let addr = format!("{}:{}", dest.host, dest.port);
     let fail_all = |from: usize| {
         for r in &rows[from..] {
@@ -792,26 +759,27 @@ fn move_worker(
         if stop.load(Ordering::SeqCst) {
             break;
         }
-        let sent = std::fs::read(app.store.root().join(&r.path))
-            .map_err(anyhow::Error::from)
-            .and_then(|b| Ok(crate::outbox::dataset_of(&b)?.to_vec()))
-            .and_then(|data| {
-                if !scu.accepts_ts(&r.sop_class_uid, &r.transfer_syntax) {
-                    bail!(
+        let sent = (|| {
+            let ts = scu
+                .syntax_for(&r.sop_class_uid, &r.transfer_syntax)
+                .ok_or_else(|| {
+                    anyhow!(
                         "{} refused {} in {}",
                         dest.ae_title,
                         r.sop_class_uid,
                         r.transfer_syntax
-                    );
-                }
-                scu.store_as(
-                    &r.sop_class_uid,
-                    &r.transfer_syntax,
-                    &r.sop_instance_uid,
-                    &data,
-                    Some((originator, msg_id)),
-                )
-            });
+                    )
+                })?;
+            let bytes = std::fs::read(app.store.root().join(&r.path))?;
+            let data = dataset_in(&bytes, &r.transfer_syntax, &ts)?;
+            scu.store_as(
+                &r.sop_class_uid,
+                &ts,
+                &r.sop_instance_uid,
+                &data,
+                Some((originator, msg_id)),
+            )
+        })();
         match sent {
             Ok(st) => {
                 let _ = tx.send(Progress::Done(r.sop_instance_uid.clone(), Some(st)));
