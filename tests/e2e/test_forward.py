@@ -51,6 +51,15 @@ def wait_outbox(d, done, timeout=120):
     raise AssertionError(json.dumps(d.get_json("/api/v1/outbox")[1])[:3000] + d.read_log()[-3000:])
 
 
+def wait_job(d, job, state, timeout=10):
+    """The job once it is in `state` (the forwarder moves it after delivering)."""
+    deadline = time.time() + timeout
+    while (j := d.get_json(f"/api/v1/jobs/{job['id']}")[1])["state"] != state:
+        assert time.time() < deadline, j
+        time.sleep(0.2)
+    return j
+
+
 def all_delivered(entries):
     return all(x["state"] == "delivered" for x in entries)
 
@@ -65,10 +74,7 @@ def test_results_arrive_in_orthanc_as_stored(daemon_factory, tmp_path):
         assert job["state"] in ("queued", "delivered")
         entries = wait_outbox(d, all_delivered)
         assert sorted(e["kind"] for e in entries) == ["seg", "sr", "trend_picture"]
-        deadline = time.time() + 10
-        while (j := d.get_json(f"/api/v1/jobs/{job['id']}")[1])["state"] != "delivered":
-            assert time.time() < deadline, j
-            time.sleep(0.2)
+        j = wait_job(d, job, "delivered")
         assert [h["state"] for h in j["history"]][-3:] == ["written", "queued", "delivered"]
         held = o.instances()
         assert set(held) == {e["sop_instance_uid"] for e in entries}
@@ -346,10 +352,7 @@ def test_storage_commitment_counts_an_object_delivered_only_once_committed(daemo
     try:
         entries = wait_outbox(d, all_delivered, timeout=120)
         assert len(entries) == 3 and all(e["commitment_uid"] is None for e in entries)
-        deadline = time.time() + 10
-        while d.get_json(f"/api/v1/jobs/{job['id']}")[1]["state"] != "delivered":
-            assert time.time() < deadline
-            time.sleep(0.2)
+        wait_job(d, job, "delivered")
         assert int(o.rest("/statistics")["CountInstances"]) == 3
     finally:
         o.stop()
@@ -409,10 +412,7 @@ def test_forwarding_over_tls_checks_the_hub_certificate(daemon_factory, tmp_path
         for e in entries:
             ours = open(os.path.join(d.data_dir, e["path"]), "rb").read()
             assert pydicom.dcmread(io.BytesIO(held[e["sop_instance_uid"]])) == pydicom.dcmread(io.BytesIO(ours))
-        deadline = time.time() + 10
-        while d.get_json(f"/api/v1/jobs/{job['id']}")[1]["state"] != "delivered":
-            assert time.time() < deadline
-            time.sleep(0.2)
+        wait_job(d, job, "delivered")
     finally:
         o.stop()
 
@@ -470,10 +470,7 @@ def test_orthanc_refusing_seg_dead_letters_it_through_storage_commitment(daemon_
         assert status == 200 and body["state"] == "pending", body
         wait_outbox(d, all_delivered)
         assert seg["sop_instance_uid"] in o.instances()
-        deadline = time.time() + 10
-        while d.get_json(f"/api/v1/jobs/{job['id']}")[1]["state"] != "delivered":
-            assert time.time() < deadline
-            time.sleep(0.2)
+        wait_job(d, job, "delivered")
     finally:
         o.stop()
 

@@ -384,38 +384,34 @@ pub struct OutboxEntry {
 
 impl OutboxEntry {
     pub fn new(dest: &str, seq: u64, r: &ResultRecord) -> Self {
-        OutboxEntry {
-            destination: dest.to_string(),
-            seq,
-            sop_instance_uid: r.sop_instance_uid.clone(),
-            sop_class_uid: r.sop_class_uid.clone(),
-            transfer_syntax: explicit_vr_le(),
-            kind: r.kind.clone(),
-            job_id: r.job_id.clone(),
-            path: r.path.clone(),
-            created_ms: r.created_at_ms,
-            state: OutboxState::Pending,
-            tries: 0,
-            next_try_ms: 0,
-            last_error: None,
-            delivered_ms: None,
-            commitment_uid: None,
-            committing_since_ms: None,
-        }
+        let mut e = Self::pending(dest, seq, &r.sop_instance_uid, &r.sop_class_uid, &r.path);
+        e.kind = r.kind.clone();
+        e.job_id = r.job_id.clone();
+        e.created_ms = r.created_at_ms;
+        e
     }
 
     /// A received instance queued for a destination with forward_sources.
     pub fn source(dest: &str, seq: u64, i: &StoredInstance) -> Self {
+        let mut e = Self::pending(dest, seq, &i.sop_instance_uid, &i.sop_class_uid, &i.path);
+        e.transfer_syntax = i.transfer_syntax.clone();
+        e.kind = "source".into();
+        e.job_id = JobRecord::id_for(&i.series_uid);
+        e.created_ms = i.received_at_ms;
+        e
+    }
+
+    fn pending(dest: &str, seq: u64, sop: &str, class: &str, path: &str) -> Self {
         OutboxEntry {
             destination: dest.to_string(),
             seq,
-            sop_instance_uid: i.sop_instance_uid.clone(),
-            sop_class_uid: i.sop_class_uid.clone(),
-            transfer_syntax: i.transfer_syntax.clone(),
-            kind: "source".into(),
-            job_id: JobRecord::id_for(&i.series_uid),
-            path: i.path.clone(),
-            created_ms: i.received_at_ms,
+            sop_instance_uid: sop.to_string(),
+            sop_class_uid: class.to_string(),
+            transfer_syntax: explicit_vr_le(),
+            kind: String::new(),
+            job_id: String::new(),
+            path: path.to_string(),
+            created_ms: 0,
             state: OutboxState::Pending,
             tries: 0,
             next_try_ms: 0,
