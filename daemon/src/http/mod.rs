@@ -80,15 +80,29 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
         );
     }
     let path = req.uri().path().to_string();
+    let authorized = token_ok(
+        app,
+        req.headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok()),
+    );
     let app = app.clone();
     // Store reads may touch the disk: keep them off the reactor.
-    tokio::task::spawn_blocking(move || route_blocking(&app, &path))
+    tokio::task::spawn_blocking(move || route_blocking(&app, &path, authorized))
         .await
         .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "handler panicked"))
 }
 
-fn route_blocking(app: &App, path: &str) -> Response<Body> {
+/// The status page (decision 0022): one embedded file, no build step.
+const PAGE: &str = include_str!("page.html");
+
+fn route_blocking(app: &App, path: &str, authorized: bool) -> Response<Body> {
     match path {
+        "/" | "/index.html" => Response::builder()
+            .header("content-type", "text/html; charset=utf-8")
+            .header("cache-control", "no-store")
+            .body(Full::new(Bytes::from(PAGE)))
+            .expect("valid"),
         "/healthz" => json_response(StatusCode::OK, json!({ "status": "alive" })),
         "/readyz" => readyz(app),
         "/metrics" => {
@@ -101,7 +115,11 @@ fn route_blocking(app: &App, path: &str) -> Response<Body> {
         "/api/v1/jobs" => match app.store.jobs() {
             Ok(jobs) => json_response(
                 StatusCode::OK,
-                serde_json::to_value(jobs).unwrap_or_default(),
+                serde_json::Value::Array(
+                    jobs.iter()
+                        .map(|j| job_summary(app, j, authorized))
+                        .collect(),
+                ),
             ),
             Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &format!("store: {e}")),
         },
@@ -277,24 +295,73 @@ fn patient(app: &App, rest: &str) -> Response<Body> {
     )
 }
 
-/// Requests that change state: a bearer token is required.
-fn post(app: &App, path: &str, auth: Option<&str>) -> Response<Body> {
+/// Whether `auth` ("Bearer ...") carries the configured token.
+fn token_ok(app: &App, auth: Option<&str>) -> bool {
     let Some(token) = app.config.http.token.as_deref() else {
-        return error(
-            StatusCode::FORBIDDEN,
-            "changes through the HTTP API are disabled: set http.token in the config",
-        );
+        return false;
     };
     let given = auth.and_then(|a| a.strip_prefix("Bearer "));
     // Compare without an early exit, so timing says nothing about the token.
-    let ok = given.is_some_and(|g| {
+    given.is_some_and(|g| {
         g.len() == token.len()
             && g.bytes()
                 .zip(token.bytes())
                 .fold(0u8, |d, (a, b)| d | (a ^ b))
                 == 0
-    });
-    if !ok {
+    })
+}
+
+/// A job for the list: the record, its stage timings, the share of the budget
+/// it used, its series description, and, only for a request with the token,
+/// the patient's name and ID (from the query/retrieve index).
+fn job_summary(app: &App, j: &crate::store::JobRecord, authorized: bool) -> serde_json::Value {
+    let mut v = serde_json::to_value(j).unwrap_or_default();
+    v["stage_timings_ms"] = stage_timings(j);
+    // The budget runs from "series complete" to "results committed".
+    let at = |s: crate::store::JobState| {
+        j.history
+            .iter()
+            .rev()
+            .find(|h| h.state == s)
+            .map(|h| h.at_ms)
+    };
+    if let (Some(c), Some(w)) = (
+        at(crate::store::JobState::Complete),
+        at(crate::store::JobState::Written),
+    ) {
+        let used = w.saturating_sub(c) as f64 / (app.config.budget.seconds as f64 * 10.0);
+        v["budget_used_pct"] = json!(used);
+    }
+    if let Ok(Some(s)) = app.store.series(&j.series_instance_uid) {
+        v["series_description"] = json!(s.series_description);
+    }
+    let study = app
+        .store
+        .qr_studies(Some(std::slice::from_ref(&j.study_instance_uid)))
+        .ok()
+        .and_then(|mut v| v.pop());
+    if let Some(st) = study {
+        v["study_description"] = json!(st.attrs.study_description);
+        if authorized {
+            v["patient"] = json!({
+                "name": st.attrs.patient_name,
+                "id": st.attrs.patient_id,
+                "birth_date": st.attrs.patient_birth_date,
+            });
+        }
+    }
+    v
+}
+
+/// Requests that change state: a bearer token is required.
+fn post(app: &App, path: &str, auth: Option<&str>) -> Response<Body> {
+    if app.config.http.token.is_none() {
+        return error(
+            StatusCode::FORBIDDEN,
+            "changes through the HTTP API are disabled: set http.token in the config",
+        );
+    }
+    if !token_ok(app, auth) {
         tracing::warn!(path, "HTTP request with a missing or wrong token refused");
         app.metrics.inc("scanside_http_token_failures_total", "");
         return error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");

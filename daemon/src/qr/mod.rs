@@ -108,7 +108,14 @@ pub async fn handle(app: &Arc<App>, conn: &mut Conn<'_>, p: Pending) -> Result<(
     let q = match parsed {
         Ok(q) => q,
         Err((st, why)) => {
-            tracing::warn!(calling_ae = %conn.calling, status = format!("{st:04X}"), reason = %why, "query/retrieve request refused");
+            // The values the peer sent may be PHI (a birth date): the log names the key only.
+            let redacted: String = why
+                .split('"')
+                .enumerate()
+                .map(|(i, part)| if i % 2 == 1 { "…" } else { part })
+                .collect::<Vec<_>>()
+                .join("\"");
+            tracing::warn!(calling_ae = %conn.calling, status = format!("{st:04X}"), reason = %redacted, "query/retrieve request refused");
             app.metrics.inc(
                 "scanside_qr_requests_total",
                 &format!("op=\"{}\",outcome=\"refused\"", op_name(field)),
