@@ -136,10 +136,17 @@ pub async fn run(config: Config) -> Result<()> {
     );
     app.heartbeat.beat();
 
-    let dicom_addr = app.config.dicom_listen();
-    let dicom = TcpListener::bind(dicom_addr)
-        .await
-        .with_context(|| format!("dicom.listen: cannot bind {dicom_addr}"))?;
+    // A socket systemd passed (scanside.socket) wins over dicom.listen.
+    let dicom = match sys::activated_listener()? {
+        Some(l) => TcpListener::from_std(l).context("the socket systemd passed")?,
+        None => {
+            let dicom_addr = app.config.dicom_listen();
+            TcpListener::bind(dicom_addr)
+                .await
+                .with_context(|| format!("dicom.listen: cannot bind {dicom_addr}"))?
+        }
+    };
+    let dicom_addr = dicom.local_addr()?;
     let http_addr = app.config.http_listen();
     let http = TcpListener::bind(http_addr)
         .await
@@ -167,7 +174,7 @@ pub async fn run(config: Config) -> Result<()> {
 
     tracing::info!(
         ae_title = %app.config.dicom.ae_title,
-        dicom = %dicom.local_addr()?,
+        dicom = %dicom_addr,
         http = %http_addr,
         instances = app.store.instance_count(),
         "scanside ready"

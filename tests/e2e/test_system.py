@@ -128,19 +128,37 @@ def test_http_errors_are_specific(daemon):
         assert name in m, name
 
 
-def test_systemd_unit_verifies(tmp_path):
+def test_systemd_units_verify_and_are_hardened(tmp_path):
+    import re
     import shutil
-    if not shutil.which("systemd-analyze"):
-        import pytest
-        pytest.skip("systemd-analyze not installed")
+    assert shutil.which("systemd-analyze"), "systemd-analyze is needed"
     unit = open(os.path.join(ROOT, "systemd", "scanside.service")).read()
-    assert "Type=notify" in unit and "WatchdogSec=" in unit
+    assert "Type=notify" in unit and "WatchdogSec=" in unit and "User=scanside" in unit
     # Point ExecStart at the binary under test so verify can check it exists.
     local = tmp_path / "scanside.service"
     local.write_text(unit.replace("/usr/bin/scanside", os.path.abspath(BIN)))
-    r = run(["systemd-analyze", "verify", str(local)])
-    problems = [l for l in (r.stdout + r.stderr).splitlines() if "scanside.service" in l]
+    sock = tmp_path / "scanside.socket"
+    shutil.copy(os.path.join(ROOT, "systemd", "scanside.socket"), sock)
+    r = run(["systemd-analyze", "verify", str(local), str(sock)], cwd=str(tmp_path))
+    # Any line about our units is a failure (lines about the host's own units are not ours).
+    problems = [line for line in (r.stdout + r.stderr).splitlines() if "scanside" in line]
     assert r.returncode == 0 and not problems, r.stdout + r.stderr
+    # Exposure as systemd rates it (lower is better); target <= 2.0.
+    r = run(["systemd-analyze", "security", "--offline=true", str(local)])
+    m = re.search(r"Overall exposure level for scanside.service: ([0-9.]+)", r.stdout + r.stderr)
+    assert m and float(m.group(1)) <= 2.0, r.stdout[-2000:] + r.stderr
+    # The user and the directories, created in a staged root.
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    for f in ("passwd", "group"):
+        shutil.copy(f"/etc/{f}", root / "etc" / f)
+    r = run(["systemd-sysusers", f"--root={root}", os.path.join(ROOT, "systemd", "sysusers.d", "scanside.conf")])
+    assert r.returncode == 0, r.stderr
+    assert "scanside:" in (root / "etc" / "passwd").read_text()
+    r = run(["systemd-tmpfiles", f"--root={root}", "--create",
+             os.path.join(ROOT, "systemd", "tmpfiles.d", "scanside.conf")])
+    assert r.returncode == 0, r.stderr
+    assert oct((root / "var" / "lib" / "scanside").stat().st_mode & 0o777) == "0o750"
 
 
 def test_sigterm_drains_an_open_association(daemon, tmp_path):
@@ -162,3 +180,42 @@ def test_sigterm_drains_an_open_association(daemon, tmp_path):
     c.release()
     assert daemon.proc.wait(15) == 0
     assert len(daemon.spool_files()) == 1
+
+
+def test_the_daemon_takes_the_dicom_socket_systemd_passes(daemon_factory, tmp_path):
+    """systemd-socket-activate binds the port and passes it as fd 3 (LISTEN_FDS);
+    the daemon serves DICOM on it instead of [dicom] listen."""
+    import pydicom
+    import synth
+    from conftest import free_port
+    d = daemon_factory()  # its config names another port: the passed socket wins
+    port = free_port()
+    env = ["-E", "SCANSIDE_LOG=info"]
+    with open(d.log_path, "a") as log:
+        p = subprocess.Popen(["systemd-socket-activate", "-l", f"127.0.0.1:{port}"] + env +
+                             [os.path.abspath(BIN), "run", "--config", d.config_path],
+                             stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 10
+        while True:
+            # The first connection starts the daemon; it answers on the passed socket.
+            r = run(["echoscu", "-aec", "SCANSIDE", "127.0.0.1", str(port)])
+            if r.returncode == 0:
+                break
+            assert time.time() < deadline, r.stdout + r.stderr + d.read_log()
+            time.sleep(0.2)
+        paths = synth.make_series(str(tmp_path / "s"), n=5)
+        r = run(["storescu", "-aec", "SCANSIDE", "127.0.0.1", str(port)] + paths)
+        assert r.returncode == 0, r.stdout + r.stderr
+        series = pydicom.dcmread(paths[0], stop_before_pixels=True).SeriesInstanceUID
+        deadline = time.time() + 10
+        while not any(j["series_instance_uid"] == series for j in d.jobs()):
+            assert time.time() < deadline, d.read_log()
+            time.sleep(0.2)
+        assert "passed by systemd (socket activation)" in d.read_log()
+        # dicom.listen was not bound.
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", d.port)) != 0
+    finally:
+        p.terminate()
+        p.wait(20)

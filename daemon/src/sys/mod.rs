@@ -13,6 +13,38 @@ pub fn disk_free(path: &Path) -> std::io::Result<u64> {
     Ok(s.blocks_available() as u64 * s.fragment_size() as u64)
 }
 
+/// The listening DICOM socket systemd passed (socket activation, sd_listen_fds:
+/// LISTEN_PID is this process, LISTEN_FDS = 1, the socket is fd 3), if any. The
+/// variables are cleared so that nothing started from here inherits them.
+pub fn activated_listener() -> anyhow::Result<Option<std::net::TcpListener>> {
+    use anyhow::{bail, Context};
+    let (Ok(pid), Ok(fds)) = (std::env::var("LISTEN_PID"), std::env::var("LISTEN_FDS")) else {
+        return Ok(None);
+    };
+    std::env::remove_var("LISTEN_PID");
+    std::env::remove_var("LISTEN_FDS");
+    std::env::remove_var("LISTEN_FDNAMES");
+    if pid.trim().parse::<u32>().ok() != Some(std::process::id()) {
+        return Ok(None);
+    }
+    let n: u32 = fds.trim().parse().context("LISTEN_FDS is not a number")?;
+    match n {
+        0 => return Ok(None),
+        1 => {}
+        _ => bail!("socket activation passed {n} sockets; scanside takes one (the DICOM port)"),
+    }
+    // SAFETY: by the sd_listen_fds protocol fd 3 is ours, open, and not used by
+    // anything else in this process; it is taken exactly once (the variables are
+    // cleared above).
+    let l = unsafe { <std::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(3) };
+    let addr = l
+        .local_addr()
+        .context("the socket systemd passed is not a TCP listener")?;
+    l.set_nonblocking(true)?;
+    tracing::info!(%addr, "DICOM listener passed by systemd (socket activation)");
+    Ok(Some(l))
+}
+
 /// Updated by the accept loop; the watchdog pets systemd only while it is fresh.
 #[derive(Default)]
 pub struct Heartbeat(AtomicU64);
