@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod pipeline;
 pub mod qr;
+pub mod reload;
 pub mod results;
 pub mod scp;
 pub mod series;
@@ -40,7 +41,8 @@ pub struct App {
     pub store: Arc<Store>,
     pub metrics: Arc<Metrics>,
     pub series: Arc<SeriesTracker>,
-    pub peer_rules: Arc<Vec<PeerRule>>,
+    /// The DICOM allowlist; SIGHUP replaces it (reload.rs).
+    pub peer_rules: std::sync::RwLock<Arc<Vec<PeerRule>>>,
     pub heartbeat: sys::Heartbeat,
     pub active_associations: Arc<std::sync::atomic::AtomicUsize>,
     pub model: Arc<infer::ModelSlot>,
@@ -49,6 +51,14 @@ pub struct App {
 }
 
 impl App {
+    /// The allowlist in force now (SIGHUP may have replaced it).
+    pub fn peer_rules(&self) -> Arc<Vec<PeerRule>> {
+        self.peer_rules
+            .read()
+            .map(|r| r.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
     pub fn engine_cache_dir(&self) -> std::path::PathBuf {
         self.config
             .inference
@@ -95,7 +105,8 @@ impl App {
 const DRAIN: Duration = Duration::from_secs(10);
 
 /// The daemon: returns after SIGTERM/SIGINT once open associations drained.
-pub async fn run(config: Config) -> Result<()> {
+/// `source` is the configuration file SIGHUP reloads (None: the embedded default).
+pub async fn run(config: Config, source: Option<std::path::PathBuf>) -> Result<()> {
     let data_dir = config.storage.data_dir.clone();
     let (store, report) = tokio::task::spawn_blocking(move || Store::open(&data_dir))
         .await?
@@ -116,7 +127,7 @@ pub async fn run(config: Config) -> Result<()> {
         metrics.clone(),
     )?);
     let app = Arc::new(App {
-        peer_rules: Arc::new(config.peer_rules()),
+        peer_rules: std::sync::RwLock::new(Arc::new(config.peer_rules())),
         store,
         metrics,
         series: series.clone(),
@@ -166,6 +177,7 @@ pub async fn run(config: Config) -> Result<()> {
     tokio::spawn(pipeline::run(app.clone(), stop_rx.clone()));
     tokio::spawn(outbox::run(app.clone(), stop_rx.clone()));
     tokio::spawn(outbox::retention(app.clone(), stop_rx.clone()));
+    tokio::spawn(reload::on_sighup(app.clone(), source));
     tokio::spawn(sys::watchdog(app.clone()));
     tokio::spawn(async move {
         wait_for_stop_signal().await;

@@ -138,6 +138,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { config } => {
             init_logging();
+            let source = config.clone();
             let config = match config {
                 Some(p) => match Config::load(&p) {
                     Ok(c) => c,
@@ -158,7 +159,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let r = rt.block_on(scanside::run(config));
+            let r = rt.block_on(scanside::run(config, source));
             // A segmentation in flight is not waited for: its job is durable in
             // `gated` and resumes at the next start.
             rt.shutdown_timeout(std::time::Duration::from_secs(1));

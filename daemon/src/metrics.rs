@@ -134,6 +134,11 @@ const HELP: &[(&str, &str, &str)] = &[
         "C-GET and C-MOVE C-STORE sub-operations, by operation and outcome (completed, failed)",
     ),
     (
+        "scanside_config_reloads_total",
+        "counter",
+        "SIGHUP configuration reloads, by outcome (applied, refused: the running one kept)",
+    ),
+    (
         "scanside_retention_removed_files_total",
         "counter",
         "Files of delivered jobs removed by [storage].retention",

@@ -219,3 +219,33 @@ def test_the_daemon_takes_the_dicom_socket_systemd_passes(daemon_factory, tmp_pa
     finally:
         p.terminate()
         p.wait(20)
+
+
+def test_sighup_applies_a_good_allowlist_and_keeps_the_old_config_on_a_bad_one(daemon_factory):
+    import signal
+    d = daemon_factory(peers=[("MRA", "127.0.0.1")]).start()
+    echo = lambda aet: run(["echoscu", "-aet", aet, "-aec", "SCANSIDE", "127.0.0.1", str(d.port)])  # noqa: E731
+
+    def reload_and_wait(count, outcome):
+        d.proc.send_signal(signal.SIGHUP)
+        deadline = time.time() + 10
+        while f'scanside_config_reloads_total{{outcome="{outcome}"}} {count}' not in d.metrics():
+            assert time.time() < deadline, d.read_log()[-2000:]
+            time.sleep(0.1)
+
+    assert echo("MRA").returncode == 0
+    assert echo("MRB").returncode != 0
+    d.settings["peers"] = [("MRA", "127.0.0.1"), ("MRB", "127.0.0.1")]
+    d.settings["storage"] = {"retention": '"7d"'}  # not live: named as needing a restart
+    d.write_config()
+    reload_and_wait(1, "applied")
+    assert echo("MRB").returncode == 0
+    log = d.read_log()
+    assert "configuration reloaded" in log and "take effect at the next restart" in log and "storage" in log
+    # A bad file: refused with its key, and the running allowlist stays.
+    with open(d.config_path, "a") as f:
+        f.write('\n[qr]\nbogus = 1\n')
+    reload_and_wait(1, "refused")
+    assert "qr.bogus" in d.read_log() or "bogus" in d.read_log()
+    assert echo("MRB").returncode == 0 and echo("MRA").returncode == 0
+    assert echo("MRC").returncode != 0

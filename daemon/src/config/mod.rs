@@ -469,7 +469,7 @@ impl fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 /// A peer rule in its parsed form.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PeerRule {
     pub ae_title: Option<String>,
     pub net: IpNet,

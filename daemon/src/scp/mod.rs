@@ -198,7 +198,7 @@ async fn handle_association(app: Arc<App>, stream: TcpStream, peer: SocketAddr) 
     let cfg = &app.config.dicom;
     let read_timeout = Duration::from_secs(cfg.read_timeout_s);
     let mut options = ServerAssociationOptions::new()
-        .ae_access_control(PeerAccess::new(app.peer_rules.clone(), peer.ip()))
+        .ae_access_control(PeerAccess::new(app.peer_rules(), peer.ip()))
         .ae_title(cfg.ae_title.clone())
         .max_pdu_length(cfg.max_pdu_length)
         .strict(true)
