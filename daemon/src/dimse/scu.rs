@@ -95,12 +95,6 @@ impl StoreScu {
 }
 
 impl<S: CloseSocket + Read + Write> StoreScu<S> {
-    /// Whether the peer accepted a presentation context for `class` (in explicit
-    /// VR little endian).
-    pub fn accepts(&self, class: &str) -> bool {
-        self.context(class, EXPLICIT_VR_LE).is_some()
-    }
-
     /// Whether the peer accepted `class` in transfer syntax `ts`.
     pub fn accepts_ts(&self, class: &str, ts: &str) -> bool {
         self.context(class, ts).is_some()
