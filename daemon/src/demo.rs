@@ -86,7 +86,7 @@ fn start_daemon(data_dir: &std::path::Path) -> Result<(String, String)> {
             .enable_all()
             .build()
             .expect("runtime");
-        if let Err(e) = rt.block_on(crate::run(cfg, None)) {
+        if let Err(e) = rt.block_on(crate::run(cfg, Vec::new())) {
             eprintln!("scanside demo: the daemon stopped: {e:#}");
             std::process::exit(1);
         }

@@ -13,6 +13,7 @@ pub mod infer;
 pub mod inspect;
 pub mod measure;
 pub mod metrics;
+pub mod ota;
 pub mod outbox;
 pub mod pipeline;
 pub mod qr;
@@ -37,7 +38,11 @@ use store::Store;
 
 /// Everything the boxes share.
 pub struct App {
+    /// The configuration the daemon started with (what needs a restart to change).
     pub config: Config,
+    /// The configuration in force: SIGHUP replaces it (reload.rs). The upstreams,
+    /// the gate and measure thresholds and the budget are read from here.
+    pub live: std::sync::RwLock<Arc<Config>>,
     pub store: Arc<Store>,
     pub metrics: Arc<Metrics>,
     pub series: Arc<SeriesTracker>,
@@ -51,6 +56,25 @@ pub struct App {
 }
 
 impl App {
+    pub fn live(&self) -> Arc<Config> {
+        self.live
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Tells the store which destinations each new result (and source) goes to.
+    pub fn set_destinations(&self, cfg: &Config) {
+        self.store.set_destinations(
+            cfg.upstream.iter().map(|u| u.ae_title.clone()).collect(),
+            cfg.upstream
+                .iter()
+                .filter(|u| u.forward_sources)
+                .map(|u| u.ae_title.clone())
+                .collect(),
+        );
+    }
+
     /// The allowlist in force now (SIGHUP may have replaced it).
     pub fn peer_rules(&self) -> Arc<Vec<PeerRule>> {
         self.peer_rules
@@ -105,17 +129,26 @@ impl App {
 const DRAIN: Duration = Duration::from_secs(10);
 
 /// The daemon: returns after SIGTERM/SIGINT once open associations drained.
-/// `source` is the configuration file SIGHUP reloads (None: the embedded default).
-pub async fn run(config: Config, source: Option<std::path::PathBuf>) -> Result<()> {
+/// `source` is the layered configuration files SIGHUP reloads (none: the embedded default).
+pub async fn run(config: Config, source: Vec<std::path::PathBuf>) -> Result<()> {
     let data_dir = config.storage.data_dir.clone();
-    let (store, report) = tokio::task::spawn_blocking(move || Store::open(&data_dir))
-        .await?
-        .with_context(|| {
-            format!(
-                "cannot open the store in {}",
-                config.storage.data_dir.display()
-            )
-        })?;
+    // Opening can take long (an index rebuilt from a large spool, an interrupted
+    // eviction finished): systemd is told to wait, in steps, until READY=1, so a
+    // long open is not killed by TimeoutStartSec and restarted forever.
+    let extend = tokio::spawn(async {
+        loop {
+            sys::notify(&[sd_notify::NotifyState::ExtendTimeoutUsec(30_000_000)]);
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+    });
+    let opened = tokio::task::spawn_blocking(move || Store::open(&data_dir)).await;
+    extend.abort();
+    let (store, report) = opened?.with_context(|| {
+        format!(
+            "cannot open the store in {}",
+            config.storage.data_dir.display()
+        )
+    })?;
     if report.index_rebuilt {
         tracing::warn!(?report, "index rebuilt from the spool");
     }
@@ -135,16 +168,10 @@ pub async fn run(config: Config, source: Option<std::path::PathBuf>) -> Result<(
         active_associations: Default::default(),
         model: Default::default(),
         links: Default::default(),
+        live: std::sync::RwLock::new(Arc::new(config.clone())),
         config,
     });
-    let ups = &app.config.upstream;
-    app.store.set_destinations(
-        ups.iter().map(|u| u.ae_title.clone()).collect(),
-        ups.iter()
-            .filter(|u| u.forward_sources)
-            .map(|u| u.ae_title.clone())
-            .collect(),
-    );
+    app.set_destinations(&app.config);
     app.heartbeat.beat();
 
     // A socket systemd passed (scanside.socket) wins over dicom.listen.
@@ -168,12 +195,10 @@ pub async fn run(config: Config, source: Option<std::path::PathBuf>) -> Result<(
     tokio::spawn(series.run(stop_rx.clone()));
     // The model loads beside the DICOM service: storing never waits for it, and a
     // model that does not load leaves the daemon serving DICOM (readyz says why).
-    let model_app = app.clone();
-    tokio::task::spawn_blocking(move || {
-        let _ = model_app
-            .model
-            .load(&model_app.config.inference, &model_app.engine_cache_dir());
-    });
+    // It is the OTA model in service when there is one, and is loaded again
+    // when an install or rollback switches it.
+    tokio::spawn(ota::fetch::watch_model(app.clone(), stop_rx.clone()));
+    tokio::spawn(ota::fetch::pull(app.clone(), stop_rx.clone()));
     tokio::spawn(pipeline::run(app.clone(), stop_rx.clone()));
     tokio::spawn(outbox::run(app.clone(), stop_rx.clone()));
     tokio::spawn(outbox::retention(app.clone(), stop_rx.clone()));

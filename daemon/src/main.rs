@@ -21,11 +21,17 @@ struct Cli {
 enum Command {
     /// Run the daemon (on the embedded default configuration without --config).
     Run {
+        /// A configuration file; repeat to layer (defaults first, the site's last:
+        /// later files win key by key, arrays are replaced whole).
         #[arg(long)]
-        config: Option<PathBuf>,
+        config: Vec<PathBuf>,
     },
-    /// Validate a configuration file: prints every error with its key path.
-    CheckConfig { file: PathBuf },
+    /// Validate a configuration file, or a layered set (defaults first): prints
+    /// every error with its key path and the file that set it.
+    CheckConfig {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Print the JSON schema of the configuration.
     ConfigSchema,
     /// Print the embedded default configuration.
@@ -33,7 +39,7 @@ enum Command {
     /// Run the series gate over the DICOM files of one series (a folder or files).
     Gate {
         #[arg(long)]
-        config: Option<PathBuf>,
+        config: Vec<PathBuf>,
         paths: Vec<PathBuf>,
     },
     /// Model bundles.
@@ -44,7 +50,7 @@ enum Command {
     /// Load the configured model and run its golden case (exit 0 when it agrees).
     Selftest {
         #[arg(long)]
-        config: Option<PathBuf>,
+        config: Vec<PathBuf>,
     },
     /// A first run: send a synthetic brain MR series with a tumour to a daemon (its
     /// own, started here, unless --to), wait, and print volumes, timings and results.
@@ -75,12 +81,29 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ModelCommand {
+    /// Install a signed model bundle (a tar; its minisign signature beside it as
+    /// FILE.minisig, or at URL.minisig): verify, unpack, load, run the golden case,
+    /// then switch. A running daemon changes model after its job in flight.
+    Install {
+        /// Bundle file or http(s) URL
+        bundle: String,
+        /// Signature file (default: the bundle's path + ".minisig")
+        #[arg(long)]
+        signature: Option<PathBuf>,
+        #[arg(long)]
+        config: Vec<PathBuf>,
+    },
+    /// Put the model in service before the last install (or rollback) back.
+    Rollback {
+        #[arg(long)]
+        config: Vec<PathBuf>,
+    },
     /// Check a bundle (manifest, sha256, shapes) and run its golden case.
     Verify {
         /// Bundle directory; default: the built-in model.
         dir: Option<PathBuf>,
         #[arg(long)]
-        config: Option<PathBuf>,
+        config: Vec<PathBuf>,
         /// auto | ort | tract (default: the config's)
         #[arg(long)]
         backend: Option<String>,
@@ -96,14 +119,15 @@ enum ModelCommand {
     },
 }
 
-fn load_config(path: Option<PathBuf>) -> Result<Config, ExitCode> {
-    match path.map(|p| Config::load(&p)).transpose() {
-        Ok(c) => Ok(c.unwrap_or_else(Config::embedded_default)),
-        Err(e) => {
-            eprint!("{e}");
-            Err(ExitCode::from(2))
-        }
+/// The layered configuration from `--config` files, the embedded default without.
+fn load_config(paths: &[PathBuf]) -> Result<Config, ExitCode> {
+    if paths.is_empty() {
+        return Ok(Config::embedded_default());
     }
+    scanside::config::load_layers(paths).map_err(|e| {
+        eprint!("{e}");
+        ExitCode::from(2)
+    })
 }
 
 fn verify_model(
@@ -133,21 +157,58 @@ fn verify_model(
     }
 }
 
+fn model_install(cfg: &Config, bundle: &str, signature: Option<PathBuf>) -> ExitCode {
+    let fetched = if bundle.starts_with("http://") || bundle.starts_with("https://") {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("cannot start the runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        rt.block_on(scanside::ota::fetch::get_bundle(cfg, bundle))
+            .map_err(|e| format!("download: {e}"))
+    } else {
+        let sig_path = signature.unwrap_or_else(|| PathBuf::from(format!("{bundle}.minisig")));
+        std::fs::read(bundle)
+            .map_err(|e| format!("{bundle}: {e}"))
+            .and_then(|d| {
+                std::fs::read_to_string(&sig_path)
+                    .map(|s| (d, s))
+                    .map_err(|e| format!("signature {}: {e}", sig_path.display()))
+            })
+    };
+    let (data, sig) = match fetched {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("scanside model install: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match scanside::ota::install(cfg, &data, &sig) {
+        Ok(i) => {
+            println!("{}", serde_json::to_string_pretty(&i).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Err(r) => {
+            eprintln!("scanside model install: {r}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => {
             init_logging();
             let source = config.clone();
-            let config = match config {
-                Some(p) => match Config::load(&p) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        eprint!("{e}");
-                        return ExitCode::from(2);
-                    }
-                },
-                None => Config::embedded_default(),
+            let config = match load_config(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
             };
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -171,15 +232,13 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::CheckConfig { file } => match Config::load(&file) {
+        Command::CheckConfig { files } => match load_config(&files) {
             Ok(_) => {
-                println!("{}: ok", file.display());
+                let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+                println!("{}: ok", names.join(" < "));
                 ExitCode::SUCCESS
             }
-            Err(e) => {
-                eprint!("{e}");
-                ExitCode::from(2)
-            }
+            Err(code) => code,
         },
         Command::ConfigSchema => {
             print!("{}", scanside::config::json_schema());
@@ -190,12 +249,9 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Gate { config, paths } => {
-            let cfg = match config.map(|p| Config::load(&p)).transpose() {
-                Ok(c) => c.unwrap_or_else(Config::embedded_default),
-                Err(e) => {
-                    eprint!("{e}");
-                    return ExitCode::from(2);
-                }
+            let cfg = match load_config(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
             };
             match scanside::inspect::gate(&paths, &cfg.gate) {
                 Ok((v, passed)) => {
@@ -223,7 +279,7 @@ fn main() -> ExitCode {
                     patch_logits_out,
                 },
         } => {
-            let mut cfg = match load_config(config) {
+            let mut cfg = match load_config(&config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
@@ -247,13 +303,48 @@ fn main() -> ExitCode {
             verify_model(dir, &cfg, out)
         }
         Command::Selftest { config } => {
-            let cfg = match load_config(config) {
+            let cfg = match load_config(&config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
             init_logging();
-            let dir = cfg.inference.model_dir.clone();
+            // The model the daemon runs: the OTA one in service, else the configured one.
+            let dir = scanside::ota::model_dir(&cfg);
             verify_model(dir, &cfg, Default::default())
+        }
+        Command::Model {
+            command:
+                ModelCommand::Install {
+                    bundle,
+                    signature,
+                    config,
+                },
+        } => {
+            let cfg = match load_config(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            init_logging();
+            model_install(&cfg, &bundle, signature)
+        }
+        Command::Model {
+            command: ModelCommand::Rollback { config },
+        } => {
+            let cfg = match load_config(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            init_logging();
+            match scanside::ota::rollback(&cfg) {
+                Ok((from, to)) => {
+                    println!("{}", serde_json::json!({"from": from, "to": to}));
+                    ExitCode::SUCCESS
+                }
+                Err(r) => {
+                    eprintln!("scanside model rollback: {r}");
+                    ExitCode::from(1)
+                }
+            }
         }
         Command::Demo {
             to,
@@ -298,8 +389,11 @@ fn init_logging() {
 fn init_logging_default(level: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("SCANSIDE_LOG").unwrap_or_else(|_| EnvFilter::new(level));
+    // Colours only on a terminal: the journal and log files get plain text.
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }

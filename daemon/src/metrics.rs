@@ -139,6 +139,11 @@ const HELP: &[(&str, &str, &str)] = &[
         "SIGHUP configuration reloads, by outcome (applied, refused: the running one kept)",
     ),
     (
+        "scanside_ota_pulls_total",
+        "counter",
+        "Pulls of [ota] update_url, by outcome (installed, refused, refused_before, up_to_date, download_failed, unreachable)",
+    ),
+    (
         "scanside_retention_removed_files_total",
         "counter",
         "Files of delivered jobs removed by [storage].retention",

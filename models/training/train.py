@@ -153,6 +153,8 @@ def manifest(out, name, version, metrics, golden_info, sha, args, train_s):
         f"name = {toml_value(name)}",
         f"version = {toml_value(version)}",
         'description = "3D U-Net (MONAI), whole brain MR, one channel of any contrast, BraTS labels"',
+        '# The daemons that may install this bundle over the air ([ota] compatible).',
+        'compatible = "scanside-model-1"',
         "",
         "[input]",
         'file = "model.onnx"',

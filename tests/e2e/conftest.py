@@ -48,7 +48,7 @@ class Daemon:
             min_free_bytes=1 << 20, idle_timeout_s=60, release_quiet_s=1,
             peers=[("*", "127.0.0.1")], gate={},
             inference={"backend": '"ort"', "ort_library": toml_str(ort_library())},
-            upstream=[], http_token=None, move_destinations=[], storage={},
+            upstream=[], http_token=None, move_destinations=[], storage={}, ota={},
         )
         self.settings.update(overrides)
         self.proc = None
@@ -66,6 +66,7 @@ class Daemon:
         moves = "".join(f'[[qr.move_destinations]]\nae_title = "{ae}"\nhost = "127.0.0.1"\nport = {port}\n'
                         for ae, port in s["move_destinations"])
         storage = "".join(f"{k} = {v}\n" for k, v in s["storage"].items())
+        ota = "[ota]\n" + "".join(f"{k} = {v}\n" for k, v in s["ota"].items()) if s["ota"] else ""
         with open(self.config_path, "w") as f:
             f.write(f"""
 [dicom]
@@ -92,7 +93,8 @@ listen = "127.0.0.1:{self.http_port}"
 [inference]
 {inference}
 {upstream}
-{moves}""")
+{moves}
+{ota}""")
 
     def start(self, env=None, wait=True, watchdog_pid=False):
         e = dict(os.environ)

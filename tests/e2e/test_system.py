@@ -25,6 +25,8 @@ def test_sd_notify_ready_and_watchdog(daemon_factory, tmp_path):
             break
     assert "READY=1" in seen, seen
     assert "WATCHDOG=1" in seen, seen
+    # While the store opens (it may rebuild its index), systemd is asked to wait.
+    assert seen.index("EXTEND_TIMEOUT_USEC=30000000") < seen.index("READY=1"), seen
     assert any(x.startswith("STATUS=listening as SCANSIDE") for x in seen), seen
     # READY only after the listeners are bound: the DICOM port answers now.
     assert run(["echoscu", "-aec", "SCANSIDE", "127.0.0.1", str(d.port)]).returncode == 0
@@ -47,9 +49,67 @@ def test_sd_notify_ready_and_watchdog(daemon_factory, tmp_path):
     assert "STOPPING=1" in rest, rest
 
 
-def test_check_config_accepts_the_shipped_files():
-    r = run([BIN, "check-config", os.path.join(ROOT, "firmware-config", "default.toml")])
+def test_check_config_accepts_the_shipped_files(tmp_path):
+    fc = os.path.join(ROOT, "firmware-config")
+    r = run([BIN, "check-config", os.path.join(fc, "default.toml")])
     assert r.returncode == 0, r.stderr
+    layers = [os.path.join(fc, "default.toml"), os.path.join(fc, "device.toml")]
+    r = run([BIN, "check-config", *layers])
+    assert r.returncode == 0, r.stderr
+    # Each example site over the device layers, its certificate paths pointed
+    # at real PEM files (on a box they sit on the data partition).
+    from test_forward import make_pki
+    pki = make_pki(str(tmp_path / "tls"))
+    sites = sorted(os.listdir(os.path.join(fc, "sites")))
+    assert len(sites) >= 2
+    for name in sites:
+        text = open(os.path.join(fc, "sites", name)).read()
+        for a, b in (("hub-ca.pem", "ca.crt"), ("box.pem", "server.crt"), ("box.key", "server.key")):
+            text = text.replace(f"/var/lib/scanside/tls/{a}", pki(b))
+        site = tmp_path / name
+        site.write_text(text)
+        r = run([BIN, "check-config", *layers, str(site)])
+        assert r.returncode == 0, (name, r.stderr)
+        assert "secret" not in text.lower().replace("no secrets", "") and "token =" not in text, name
+
+
+def test_layered_config_site_over_defaults(daemon_factory, tmp_path):
+    """The defaults file < the site file: the site's keys win, its allowlist
+    replaces the defaults', and an error names the key and the file that set it."""
+    from conftest import free_port
+    fc = os.path.join(ROOT, "firmware-config")
+    port, http = free_port(), free_port()
+    site = tmp_path / "site.toml"
+    site.write_text(f"""
+[dicom]
+ae_title = "SITE_A"
+listen = "127.0.0.1:{port}"
+[[dicom.allowed_peers]]
+ae_title = "MR1"
+address = "127.0.0.1"
+[storage]
+data_dir = "{tmp_path / 'data'}"
+min_free_bytes = 1048576
+[http]
+listen = "127.0.0.1:{http}"
+""")
+    defaults = os.path.join(fc, "default.toml")
+    p = subprocess.Popen([BIN, "run", "--config", defaults, "--config", str(site)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 20
+        while run(["echoscu", "-aet", "MR1", "-aec", "SITE_A", "127.0.0.1", str(port)]).returncode != 0:
+            assert time.time() < deadline and p.poll() is None
+            time.sleep(0.2)
+        # the default's "any title from 127.0.0.1" is gone: the site's list replaced it
+        assert run(["echoscu", "-aet", "OTHER", "-aec", "SITE_A", "127.0.0.1", str(port)]).returncode != 0
+    finally:
+        p.terminate()
+        p.wait(20)
+    bad = tmp_path / "bad-site.toml"
+    bad.write_text("[series]\nidle_timeot_s = 3\n")
+    r = run([BIN, "check-config", defaults, str(bad)])
+    assert r.returncode == 2 and "series.idle_timeot_s" in r.stderr and f"set in {bad}" in r.stderr, r.stderr
 
 
 def test_check_config_names_every_bad_key(tmp_path):
@@ -257,3 +317,39 @@ def test_sighup_applies_a_good_allowlist_and_keeps_the_old_config_on_a_bad_one(d
     assert "qr.bogus" in d.read_log() or "bogus" in d.read_log()
     assert echo("MRB").returncode == 0 and echo("MRA").returncode == 0
     assert echo("MRC").returncode != 0
+
+
+def test_sighup_applies_upstreams_and_gate_thresholds(daemon_factory, tmp_path):
+    """Thresholds and upstreams change without a restart: a series the old gate
+    refuses passes the new one, and its results go to the upstream just added."""
+    import signal
+    import brain
+    from orthanc import Orthanc
+    from test_forward import upstream, wait_outbox
+    from test_segmentation import send, wait_state
+    o = Orthanc(tmp_path / "orthanc").start()
+    try:
+        d = daemon_factory(gate={"min_slices": 500}).start()
+        d.wait_model()
+        done = ("rejected", "written", "queued", "delivered", "failed")
+        first = wait_state(d, send(d, brain.write_series(str(tmp_path / "a"), "t2", "axial", seed=1)), done)
+        assert first["state"] == "rejected", first
+        d.settings["gate"] = {}
+        d.settings["upstream"] = [upstream(o)]
+        d.write_config()
+        d.proc.send_signal(signal.SIGHUP)
+        deadline = time.time() + 10
+        while 'scanside_config_reloads_total{outcome="applied"} 1' not in d.metrics():
+            assert time.time() < deadline, d.read_log()[-2000:]
+            time.sleep(0.1)
+        log = d.read_log()
+        assert 'applied=["upstream", "gate"]' in log, log[-2000:]
+        assert "take effect at the next restart" not in log
+        second = wait_state(d, send(d, brain.write_series(str(tmp_path / "b"), "t2", "axial", seed=2)),
+                            ("queued", "delivered", "failed"))
+        assert second["state"] in ("queued", "delivered"), second
+        entries = wait_outbox(d, lambda e: all(x["state"] == "delivered" for x in e))
+        assert {e["job_id"] for e in entries} == {second["id"]}
+        assert set(o.instances()) == {e["sop_instance_uid"] for e in entries}
+    finally:
+        o.stop()

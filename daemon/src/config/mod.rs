@@ -8,6 +8,10 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+mod layers;
+
+pub use layers::load_layers;
+
 use ipnet::IpNet;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -36,6 +40,41 @@ pub struct Config {
     pub upstream: Vec<UpstreamConfig>,
     #[serde(default)]
     pub qr: QrConfig,
+    #[serde(default)]
+    pub ota: OtaConfig,
+}
+
+/// Over-the-air model updates (ota/): signed bundles from the CLI or a pull.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtaConfig {
+    /// Folder of trusted minisign public keys (*.pub); a bundle must be signed by
+    /// one of them. Unset: every install is refused.
+    pub trusted_keys_dir: Option<PathBuf>,
+    /// A bundle's manifest must carry this `compatible` string.
+    pub compatible: String,
+    /// Bundle to pull (http or https); its signature is at the same URL + ".minisig".
+    /// Unset: no pull, installs come only from `scanside model install`.
+    pub update_url: Option<String>,
+    /// Seconds between pulls.
+    pub check_interval_s: u64,
+    /// PEM CA certificate(s) an https update server must chain to.
+    pub ca_file: Option<PathBuf>,
+    /// Largest bundle downloaded or installed, bytes.
+    pub max_bundle_bytes: u64,
+}
+
+impl Default for OtaConfig {
+    fn default() -> Self {
+        OtaConfig {
+            trusted_keys_dir: None,
+            compatible: "scanside-model-1".into(),
+            update_url: None,
+            check_interval_s: 3600,
+            ca_file: None,
+            max_bundle_bytes: 2 << 30,
+        }
+    }
 }
 
 /// The query/retrieve SCP.
@@ -750,6 +789,29 @@ impl Config {
                 "measure.min_increase_ml",
                 format!("must be a number >= 0, not {}", m.min_increase_ml),
             );
+        }
+        let o = &self.ota;
+        if o.compatible.trim().is_empty() {
+            err("ota.compatible", "must not be empty".into());
+        }
+        if let Some(u) = &o.update_url {
+            match u.split_once("://") {
+                Some(("https", _)) if o.ca_file.is_none() => err(
+                    "ota.ca_file",
+                    "needed for an https update_url (the box trusts only the site's CA)".into(),
+                ),
+                Some(("http" | "https", rest)) if !rest.is_empty() => {}
+                _ => err(
+                    "ota.update_url",
+                    format!("{u:?} is not an http:// or https:// URL"),
+                ),
+            }
+        }
+        if o.check_interval_s == 0 {
+            err("ota.check_interval_s", "must be at least 1 second".into());
+        }
+        if o.max_bundle_bytes == 0 {
+            err("ota.max_bundle_bytes", "must be at least 1".into());
         }
         errs
     }

@@ -274,7 +274,7 @@ fn patient(app: &App, rest: &str) -> Response<Body> {
         Ok(v) => v,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &format!("store: {e}")),
     };
-    let t = app.config.measure.thresholds();
+    let t = app.live().measure.thresholds();
     let items: Vec<serde_json::Value> = visits
         .iter()
         .map(|v| {
@@ -329,7 +329,7 @@ fn job_summary(app: &App, j: &crate::store::JobRecord, authorized: bool) -> serd
         at(crate::store::JobState::Complete),
         at(crate::store::JobState::Written),
     ) {
-        let used = w.saturating_sub(c) as f64 / (app.config.budget.seconds as f64 * 10.0);
+        let used = w.saturating_sub(c) as f64 / (app.live().budget.seconds as f64 * 10.0);
         v["budget_used_pct"] = json!(used);
     }
     if let Ok(Some(s)) = app.store.series(&j.series_instance_uid) {
@@ -409,7 +409,7 @@ fn upstreams(app: &App) -> serde_json::Value {
     let links = app.links.snapshot();
     let stats = crate::outbox::queue_stats(app);
     let mut m = serde_json::Map::new();
-    for u in &app.config.upstream {
+    for u in &app.live().upstream {
         let (pending, oldest, dead) = stats.get(&u.ae_title).copied().unwrap_or_default();
         let l = links.get(&u.ae_title).cloned().unwrap_or_default();
         m.insert(

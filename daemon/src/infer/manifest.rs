@@ -14,6 +14,9 @@ pub struct Manifest {
     pub name: String,
     pub version: String,
     pub description: String,
+    /// Which daemons may install it over the air: must equal their [ota] compatible.
+    #[serde(default)]
+    pub compatible: Option<String>,
     pub input: InputSpec,
     pub normalisation: Normalisation,
     /// label value -> name; values 0..classes-1, 0 is background.

@@ -25,6 +25,48 @@ pub struct Outputs {
     pub patch_logits: Option<PathBuf>,
 }
 
+/// The golden case's outcome: label counts against the manifest's.
+pub struct Golden {
+    pub logits: Vec<f32>,
+    pub labels: Vec<u8>,
+    pub counts: Vec<u64>,
+    pub ok: bool,
+    pub patches: usize,
+    pub infer_ms: u64,
+}
+
+/// Runs the bundle's golden input through the model and compares the label
+/// counts with the manifest's (within GOLDEN_TOLERANCE).
+pub fn run_golden(model: &mut Model) -> Result<Golden> {
+    let man = &model.bundle.manifest;
+    let (shape, classes, expected) = (
+        man.golden.shape,
+        man.classes(),
+        man.golden.voxel_counts.clone(),
+    );
+    let t1 = Instant::now();
+    let (logits, patches) = model.logits(&model.bundle.golden_input.clone(), shape)?;
+    let infer_ms = t1.elapsed().as_millis() as u64;
+    let labels = window::argmax(&logits, classes);
+    let mut counts = vec![0u64; classes];
+    for &l in &labels {
+        counts[l as usize] += 1;
+    }
+    let n = labels.len() as f64;
+    let ok = counts
+        .iter()
+        .zip(&expected)
+        .all(|(&a, &b)| (a as f64 - b as f64).abs() <= GOLDEN_TOLERANCE * n);
+    Ok(Golden {
+        logits,
+        labels,
+        counts,
+        ok,
+        patches,
+        infer_ms,
+    })
+}
+
 pub fn verify(
     dir: Option<&Path>,
     cfg: &InferenceConfig,
@@ -40,19 +82,14 @@ pub fn verify(
     let load_ms = t0.elapsed().as_millis() as u64;
     let man = model.bundle.manifest.clone();
     let shape = man.golden.shape;
-    let t1 = Instant::now();
-    let (logits, patches) = model.logits(&model.bundle.golden_input.clone(), shape)?;
-    let infer_ms = t1.elapsed().as_millis() as u64;
-    let labels = window::argmax(&logits, man.classes());
-    let mut counts = vec![0u64; man.classes()];
-    for &l in &labels {
-        counts[l as usize] += 1;
-    }
-    let n = labels.len() as f64;
-    let ok = counts
-        .iter()
-        .zip(&man.golden.voxel_counts)
-        .all(|(&a, &b)| (a as f64 - b as f64).abs() <= GOLDEN_TOLERANCE * n);
+    let Golden {
+        logits,
+        labels,
+        counts,
+        ok,
+        patches,
+        infer_ms,
+    } = run_golden(&mut model)?;
     let d = [man.classes(), shape[0], shape[1], shape[2]];
     if let Some(p) = &out.logits {
         write_npy(p, "<f4", &d, &f32_bytes(&logits))?;

@@ -79,7 +79,7 @@ pub fn apply(app: &App, calling: &str, r: &Report) -> Result<usize> {
             app.metrics.inc("scanside_outbox_delivered_total", &label);
         } else if let Some((_, reason)) = r.failed.iter().find(|(s, _)| *s == e.sop_instance_uid) {
             let max = app
-                .config
+                .live()
                 .upstream
                 .iter()
                 .find(|u| u.ae_title == e.destination)

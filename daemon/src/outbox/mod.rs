@@ -64,22 +64,48 @@ fn jitter() -> f64 {
     (n % 1000) as f64 / 1000.0
 }
 
-/// Runs one forwarder per destination until shutdown.
+/// Runs one forwarder per destination until shutdown. The destinations are those
+/// of the live configuration: SIGHUP may add, change or remove one; a forwarder
+/// reads its settings each round and ends when its destination is gone (its
+/// entries stay queued, and go if it comes back).
 pub async fn run(app: Arc<App>, shutdown: tokio::sync::watch::Receiver<bool>) {
-    for u in app.config.upstream.clone() {
-        let (app, mut stop) = (app.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            loop {
-                let (a, u2) = (app.clone(), u.clone());
-                let wait = tokio::task::spawn_blocking(move || forward_once(&a, &u2))
-                    .await
-                    .unwrap_or_else(|_| Duration::from_secs(1));
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = stop.changed() => return,
-                }
+    let mut running: BTreeMap<String, tokio::task::JoinHandle<()>> = BTreeMap::new();
+    let mut stop = shutdown.clone();
+    loop {
+        running.retain(|_, h| !h.is_finished());
+        for u in &app.live().upstream {
+            if running.contains_key(&u.ae_title) {
+                continue;
             }
-        });
+            let (app, mut stop, title) = (app.clone(), shutdown.clone(), u.ae_title.clone());
+            let task = tokio::spawn(async move {
+                loop {
+                    let Some(u) = app
+                        .live()
+                        .upstream
+                        .iter()
+                        .find(|u| u.ae_title == title)
+                        .cloned()
+                    else {
+                        tracing::info!(destination = %title, "upstream removed from the configuration; its forwarder stops");
+                        return;
+                    };
+                    let a = app.clone();
+                    let wait = tokio::task::spawn_blocking(move || forward_once(&a, &u))
+                        .await
+                        .unwrap_or_else(|_| Duration::from_secs(1));
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = stop.changed() => return,
+                    }
+                }
+            });
+            running.insert(u.ae_title.clone(), task);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stop.changed() => return,
+        }
     }
 }
 
@@ -339,7 +365,7 @@ where
 pub fn queue_stats(app: &App) -> BTreeMap<String, (usize, f64, usize)> {
     let now = now_ms();
     let mut out = BTreeMap::new();
-    for u in &app.config.upstream {
+    for u in &app.live().upstream {
         let entries = app
             .store
             .outbox_entries(Some(&u.ae_title))

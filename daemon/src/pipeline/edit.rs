@@ -191,7 +191,7 @@ fn apply_one(app: &App, inst: &StoredInstance) -> Result<String> {
         picture_uid: picture.clone(),
     };
     let visits = app.store.upsert_visit(&m.patient_key, visit.clone())?;
-    let t = app.config.measure.thresholds();
+    let t = app.live().measure.thresholds();
     let changes = history::changes(&visits, &visit, t);
     let earlier: Vec<Visit> = history::earlier(&visits, &visit)
         .into_iter()

@@ -124,7 +124,7 @@ fn gate_job(app: &App, job: &JobRecord) -> anyhow::Result<Option<Decoded>> {
         .map(|i| app.store.root().join(&i.path))
         .collect();
     let mut key = None;
-    let outcome = gate::run_series(&paths, &app.config.gate, |h| {
+    let outcome = gate::run_series(&paths, &app.live().gate, |h| {
         let k = gate::scanner_key(h);
         let history = app.store.scanner_history(&k)?;
         key = Some((k, history.clone()));
@@ -272,7 +272,7 @@ fn infer_job(
     stage_ms.insert("infer".to_string(), seg.infer_ms);
     stage_ms.insert("post".to_string(), post_ms);
     let since_complete = since_complete_ms(&job);
-    let over = since_complete > app.config.budget.seconds * 1000;
+    let over = since_complete > app.live().budget.seconds * 1000;
     let rec = InferenceRecord {
         model: format!("{} {}", manifest.name, manifest.version),
         model_sha256: sha,
@@ -304,7 +304,7 @@ fn infer_job(
     app.metrics.inc("scanside_jobs_inferred_total", "");
     if over {
         app.metrics.inc("scanside_jobs_over_budget_total", "");
-        tracing::warn!(job = %job.id, ms = since_complete, budget_s = app.config.budget.seconds, "job over its time budget");
+        tracing::warn!(job = %job.id, ms = since_complete, budget_s = app.live().budget.seconds, "job over its time budget");
     }
     tracing::info!(job = %job.id, ?stage_ms, "segmented");
     Ok(Some(report::Segmented {

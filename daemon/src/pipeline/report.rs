@@ -53,7 +53,7 @@ pub fn run(app: &App, id: &str, mut done: Option<Segmented>) -> Result<bool> {
     let t = Instant::now();
     let written = write_results(app, &job, seg, &source)?;
     let since = super::since_complete_ms(&job);
-    let over = since > app.config.budget.seconds * 1000;
+    let over = since > app.live().budget.seconds * 1000;
     if app.store.record_written(&job.id, written, over)? {
         let write_ms = t.elapsed().as_millis() as u64;
         for (stage, ms) in [("measure", measure_ms), ("write", write_ms)] {
@@ -208,7 +208,7 @@ fn measure_job(
         picture_uid: uids.picture.clone(),
     };
     let visits = app.store.upsert_visit(&key, visit.clone())?;
-    let t = app.config.measure.thresholds();
+    let t = app.live().measure.thresholds();
     let changes = history::changes(&visits, &visit, t);
     let earlier = history::earlier(&visits, &visit)
         .into_iter()

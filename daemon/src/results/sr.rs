@@ -279,9 +279,7 @@ fn content(r: &Report) -> Vec<InMemDicomObject> {
             c("121015", "DCM", "Device Observer Model Name"),
             &format!(
                 "{} {} (sha256 {})",
-                r.model.name,
-                r.model.version,
-                &r.model.sha256[..16.min(r.model.sha256.len())]
+                r.model.name, r.model.version, r.model.sha256
             ),
         ),
         text(
