@@ -156,7 +156,7 @@ class UpdateServer:
     """A loopback HTTP server offering one bundle (path -> bytes); `cut` sends
     only part of a body after announcing its full length, then closes."""
 
-    def __init__(self):
+    def __init__(self, tls=None):
         self.files, self.cut = {}, set()
         server = self
 
@@ -177,7 +177,14 @@ class UpdateServer:
                 pass
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        scheme = "http"
+        if tls:  # (certificate, key): HTTPS
+            import ssl
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def offer(self, path, tar, cut=False):
@@ -221,6 +228,27 @@ def test_the_daemon_pulls_from_an_update_server_and_refuses_a_truncated_download
         # And the CLI from a URL with an unknown path says so.
         r = install(d, srv.url + "/nothing.tar")
         assert r.returncode == 1 and "HTTP 404" in r.stderr, r.stderr
+    finally:
+        srv.close()
+
+
+def test_https_update_server_must_chain_to_the_site_ca(daemon_factory, bundles, tmp_path):
+    from test_forward import make_pki
+    pki = make_pki(str(tmp_path / "pki"))
+    srv = UpdateServer(tls=(pki("server.crt"), pki("server.key")))
+    try:
+        srv.offer("/m.tar", bundles["good"])
+        d = daemon_factory(ota={"trusted_keys_dir": toml_str(bundles["keys"]),
+                                "ca_file": toml_str(pki("other.crt"))}).start()
+        d.wait_model()
+        r = install(d, srv.url + "/m.tar")
+        assert r.returncode == 1 and "TLS" in r.stderr, r.stderr
+        assert model_version(d) == "1.0.0"
+        d.settings["ota"]["ca_file"] = toml_str(pki("ca.crt"))
+        d.write_config()
+        r = install(d, srv.url + "/m.tar")
+        assert r.returncode == 0, r.stderr
+        wait_version(d, "1.0.1")
     finally:
         srv.close()
 

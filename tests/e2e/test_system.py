@@ -49,11 +49,23 @@ def test_sd_notify_ready_and_watchdog(daemon_factory, tmp_path):
     assert "STOPPING=1" in rest, rest
 
 
+def device_layer(d):
+    """firmware-config/device.toml with the image's model folder pointed at the
+    repository's copy (the bundle the model recipe installs there)."""
+    text = open(os.path.join(ROOT, "firmware-config", "device.toml")).read()
+    assert "/usr/share/scanside/models/brats-synth-unet" in text
+    path = os.path.join(str(d), "device.toml")
+    with open(path, "w") as f:
+        f.write(text.replace("/usr/share/scanside/models/brats-synth-unet",
+                             os.path.abspath(os.path.join(ROOT, "models", "brats-synth-unet"))))
+    return path
+
+
 def test_check_config_accepts_the_shipped_files(tmp_path):
     fc = os.path.join(ROOT, "firmware-config")
     r = run([BIN, "check-config", os.path.join(fc, "default.toml")])
     assert r.returncode == 0, r.stderr
-    layers = [os.path.join(fc, "default.toml"), os.path.join(fc, "device.toml")]
+    layers = [os.path.join(fc, "default.toml"), device_layer(tmp_path)]
     r = run([BIN, "check-config", *layers])
     assert r.returncode == 0, r.stderr
     # Each example site over the device layers, its certificate paths pointed
@@ -188,38 +200,45 @@ def test_http_errors_are_specific(daemon):
         assert name in m, name
 
 
+def stage_root(root):
+    """A staged root as the image lays it out: the host's systemd units (targets),
+    ours in /usr/lib/systemd/system, the binaries they run in /usr/bin."""
+    import shutil
+    units = root / "usr" / "lib" / "systemd" / "system"
+    shutil.copytree("/usr/lib/systemd/system", units, symlinks=True)
+    for f in ("scanside.service", "scanside.socket", "scanside-healthcheck.service"):
+        shutil.copy(os.path.join(ROOT, "systemd", f), units / f)
+    (root / "usr" / "bin").mkdir(parents=True, exist_ok=True)
+    os.symlink("usr/bin", root / "bin")
+    shutil.copy(BIN, root / "usr" / "bin" / "scanside")
+    for tool in ("rauc", "kill"):
+        assert shutil.which(tool), f"{tool} is needed"
+        shutil.copy(shutil.which(tool), root / "usr" / "bin" / tool)
+    (root / "etc").mkdir(exist_ok=True)
+    for f in ("passwd", "group"):
+        shutil.copy(f"/etc/{f}", root / "etc" / f)
+    return root
+
+
 def test_systemd_units_verify_and_are_hardened(tmp_path):
     import re
     import shutil
     assert shutil.which("systemd-analyze"), "systemd-analyze is needed"
     unit = open(os.path.join(ROOT, "systemd", "scanside.service")).read()
     assert "Type=notify" in unit and "WatchdogSec=" in unit and "User=scanside" in unit
-    # Point ExecStart at the binary under test so verify can check it exists.
-    local = tmp_path / "scanside.service"
-    local.write_text(unit.replace("/usr/bin/scanside", os.path.abspath(BIN)))
-    sock = tmp_path / "scanside.socket"
-    shutil.copy(os.path.join(ROOT, "systemd", "scanside.socket"), sock)
-    # The health check: selftest first, then mark-good (rauc is not on this machine:
-    # a stand-in executable takes its place for verify).
     check = open(os.path.join(ROOT, "systemd", "scanside-healthcheck.service")).read()
     lines = [line for line in check.splitlines() if line.startswith("ExecStart=")]
     assert "selftest" in lines[0] and "mark-good" in lines[1], lines
-    health = tmp_path / "scanside-healthcheck.service"
-    health.write_text(check.replace("/usr/bin/scanside", os.path.abspath(BIN))
-                      .replace("/usr/bin/rauc", shutil.which("true")))
-    r = run(["systemd-analyze", "verify", str(local), str(sock), str(health)], cwd=str(tmp_path))
-    # Any line about our units is a failure (lines about the host's own units are not ours).
-    problems = [line for line in (r.stdout + r.stderr).splitlines() if "scanside" in line]
-    assert r.returncode == 0 and not problems, r.stdout + r.stderr
+    # verify on a staged root: any output at all is a failure.
+    root = stage_root(tmp_path / "root")
+    r = run(["systemd-analyze", "verify", f"--root={root}",
+             "scanside.service", "scanside.socket", "scanside-healthcheck.service"])
+    assert r.returncode == 0 and not (r.stdout + r.stderr).strip(), r.stdout + r.stderr
     # Exposure as systemd rates it (lower is better); target <= 2.0.
-    r = run(["systemd-analyze", "security", "--offline=true", str(local)])
+    r = run(["systemd-analyze", "security", "--offline=true", f"--root={root}", "scanside.service"])
     m = re.search(r"Overall exposure level for scanside.service: ([0-9.]+)", r.stdout + r.stderr)
     assert m and float(m.group(1)) <= 2.0, r.stdout[-2000:] + r.stderr
-    # The user and the directories, created in a staged root.
-    root = tmp_path / "root"
-    (root / "etc").mkdir(parents=True)
-    for f in ("passwd", "group"):
-        shutil.copy(f"/etc/{f}", root / "etc" / f)
+    # The user and the directories, created in the staged root.
     r = run(["systemd-sysusers", f"--root={root}", os.path.join(ROOT, "systemd", "sysusers.d", "scanside.conf")])
     assert r.returncode == 0, r.stderr
     assert "scanside:" in (root / "etc" / "passwd").read_text()
@@ -227,6 +246,15 @@ def test_systemd_units_verify_and_are_hardened(tmp_path):
              os.path.join(ROOT, "systemd", "tmpfiles.d", "scanside.conf")])
     assert r.returncode == 0, r.stderr
     assert oct((root / "var" / "lib" / "scanside").stat().st_mode & 0o777) == "0o750"
+    site = root / "var" / "lib" / "scanside" / "site.toml"
+    assert site.read_text() == "" and oct(site.stat().st_mode & 0o777) == "0o640"
+    # The unit's configuration layers: the empty site file over the image's two.
+    layers = [a for a in unit.split("ExecStart=")[1].split("\n")[0].split() if a.startswith("/") and "toml" in a]
+    assert layers[-1] == "/var/lib/scanside/site.toml" and len(layers) == 3, layers
+    staged = [os.path.join(ROOT, "firmware-config", "default.toml"), device_layer(tmp_path), str(site)]
+    assert [os.path.basename(p) for p in layers] == ["default.toml", "device.toml", "site.toml"]
+    r = run([BIN, "check-config", *staged])
+    assert r.returncode == 0, r.stderr
 
 
 def test_sigterm_drains_an_open_association(daemon, tmp_path):
