@@ -4,9 +4,11 @@
 //! `series` assembles, `http` and `sys` are the side channels. `dimse` is the
 //! message layer that the SCP (and later Q/R and the forwarder) share.
 
+pub mod audit;
 pub mod config;
 pub mod demo;
 pub mod dimse;
+pub mod fuzz_targets;
 pub mod gate;
 pub mod http;
 pub mod infer;
@@ -53,6 +55,11 @@ pub struct App {
     pub model: Arc<infer::ModelSlot>,
     /// Per upstream destination: up/down, since, last error, back-off.
     pub links: outbox::Links,
+    /// Our TLS certificates (DICOM TLS listener, HTTPS); SIGHUP reloads them.
+    pub tls: dimse::tls::ServerTls,
+    pub audit: Arc<audit::Audit>,
+    /// Whether the audit receiver took the last records, and its last error.
+    pub audit_link: std::sync::Mutex<audit::Link>,
 }
 
 impl App {
@@ -153,6 +160,13 @@ pub async fn run(config: Config, source: Vec<std::path::PathBuf>) -> Result<()> 
         tracing::warn!(?report, "index rebuilt from the spool");
     }
     let store = Arc::new(store);
+    let audit = Arc::new(
+        audit::Audit::open(store.root(), &config.dicom.ae_title)
+            .context("cannot open the audit trail")?,
+    );
+    let tls = dimse::tls::ServerTls::default();
+    tls.load(&config)
+        .map_err(|(k, m)| anyhow::anyhow!("{k}: {m}"))?;
     let metrics = Arc::new(Metrics::default());
     let series = Arc::new(SeriesTracker::new(
         store.clone(),
@@ -168,6 +182,9 @@ pub async fn run(config: Config, source: Vec<std::path::PathBuf>) -> Result<()> 
         active_associations: Default::default(),
         model: Default::default(),
         links: Default::default(),
+        tls,
+        audit,
+        audit_link: Default::default(),
         live: std::sync::RwLock::new(Arc::new(config.clone())),
         config,
     });
@@ -185,6 +202,17 @@ pub async fn run(config: Config, source: Vec<std::path::PathBuf>) -> Result<()> 
         }
     };
     let dicom_addr = dicom.local_addr()?;
+    let dicom_tls = match &app.config.dicom.tls {
+        Some(t) => {
+            let addr = t.listen.parse::<std::net::SocketAddr>()?;
+            Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("dicom.tls.listen: cannot bind {addr}"))?,
+            )
+        }
+        None => None,
+    };
     let http_addr = app.config.http_listen();
     let http = TcpListener::bind(http_addr)
         .await
@@ -204,6 +232,14 @@ pub async fn run(config: Config, source: Vec<std::path::PathBuf>) -> Result<()> 
     tokio::spawn(outbox::retention(app.clone(), stop_rx.clone()));
     tokio::spawn(reload::on_sighup(app.clone(), source));
     tokio::spawn(sys::watchdog(app.clone()));
+    let audit_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let audit_sender = {
+        let (a, s) = (app.clone(), audit_stop.clone());
+        std::thread::Builder::new()
+            .name("audit-sender".into())
+            .spawn(move || audit::run_sender(a, s))?
+    };
+    audit::application(&app.audit, true);
     tokio::spawn(async move {
         wait_for_stop_signal().await;
         let _ = stop_tx.send(true);
@@ -247,8 +283,27 @@ pub async fn run(config: Config, source: Vec<std::path::PathBuf>) -> Result<()> 
         }
     });
 
-    let scp = scp::Scp::new(app.clone());
-    scp.serve(dicom, stop_rx, DRAIN).await;
+    let scp = Arc::new(scp::Scp::new(app.clone()));
+    let tls_served = dicom_tls.map(|l| {
+        tracing::info!(dicom_tls = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "DICOM TLS listener");
+        let (scp, stop) = (scp.clone(), stop_rx.clone());
+        tokio::spawn(async move { scp.serve(l, true, stop, DRAIN).await })
+    });
+    scp.serve(dicom, false, stop_rx, DRAIN).await;
+    if let Some(t) = tls_served {
+        let _ = t.await;
+    }
+    audit::application(&app.audit, false);
+    app.audit.flush();
+    audit_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    // The sender gets a moment to pass on the last records; they stay in the file anyway.
+    let _ = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while !audit_sender.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await;
 
     sys::notify(&[sd_notify::NotifyState::Stopping]);
     tracing::info!("stopped");

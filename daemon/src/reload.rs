@@ -35,12 +35,28 @@ pub async fn on_sighup(app: Arc<App>, source: Vec<PathBuf>) {
         let paths = source.clone();
         let loaded = tokio::task::spawn_blocking(move || crate::config::load_layers(&paths)).await;
         match loaded {
-            Ok(Ok(new)) => apply(&app, &new),
+            Ok(Ok(new)) => {
+                apply(&app, &new);
+                crate::audit::change(
+                    &app.audit,
+                    crate::audit::NETWORK_CONFIGURATION,
+                    true,
+                    &files(&source),
+                    "configuration reloaded",
+                );
+            }
             Ok(Err(errors)) => {
                 app.metrics
                     .inc("scanside_config_reloads_total", "outcome=\"refused\"");
                 tracing::error!(
                     "SIGHUP: configuration reload refused, the running one is kept:\n{errors}"
+                );
+                crate::audit::change(
+                    &app.audit,
+                    crate::audit::NETWORK_CONFIGURATION,
+                    false,
+                    &files(&source),
+                    &format!("configuration reload refused: {errors}"),
                 );
                 crate::sys::notify_status(
                     "configuration reload refused (see the log); running on the previous one",
@@ -51,8 +67,24 @@ pub async fn on_sighup(app: Arc<App>, source: Vec<PathBuf>) {
     }
 }
 
-/// Applies what can change safely and names the rest.
+fn files(source: &[PathBuf]) -> String {
+    source
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Applies what can change safely and names the rest. The TLS certificate
+/// files are read again whatever changed (a renewed certificate keeps its path).
 pub fn apply(app: &App, new: &Config) {
+    if let Err((key, m)) = app.tls.load(new) {
+        tracing::error!(
+            key,
+            error = m,
+            "SIGHUP: certificates not reloaded; the previous ones stay"
+        );
+    }
     let old = app.live();
     let rules = Arc::new(new.peer_rules());
     if let Ok(mut w) = app.peer_rules.write() {

@@ -49,6 +49,7 @@ class Daemon:
             peers=[("*", "127.0.0.1")], gate={},
             inference={"backend": '"ort"', "ort_library": toml_str(ort_library())},
             upstream=[], http_token=None, move_destinations=[], storage={}, ota={},
+            extra="",
         )
         self.settings.update(overrides)
         self.proc = None
@@ -59,8 +60,10 @@ class Daemon:
         s = self.settings
         gate = "".join(f"{k} = {v}\n" for k, v in s["gate"].items())
         inference = "".join(f"{k} = {v}\n" for k, v in s["inference"].items())
+        # A peer is (AE, address) or (AE, address, transport).
         peers = "".join(
-            f'[[dicom.allowed_peers]]\nae_title = "{ae}"\naddress = "{addr}"\n' for ae, addr in s["peers"])
+            f'[[dicom.allowed_peers]]\nae_title = "{p[0]}"\naddress = "{p[1]}"\n'
+            + (f'transport = "{p[2]}"\n' if len(p) > 2 else "") for p in s["peers"])
         upstream = "".join("[[upstream]]\n" + "".join(f"{k} = {v}\n" for k, v in u.items()) + "\n"
                            for u in s["upstream"])
         moves = "".join(f'[[qr.move_destinations]]\nae_title = "{ae}"\nhost = "127.0.0.1"\nport = {port}\n'
@@ -94,7 +97,8 @@ listen = "127.0.0.1:{self.http_port}"
 {inference}
 {upstream}
 {moves}
-{ota}""")
+{ota}
+{s['extra']}""")
 
     def start(self, env=None, wait=True, watchdog_pid=False):
         e = dict(os.environ)

@@ -42,6 +42,20 @@ pub struct Config {
     pub qr: QrConfig,
     #[serde(default)]
     pub ota: OtaConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+/// The audit trail (audit/): always kept on the box; sent on when a receiver is set.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// The site's syslog (audit record repository) as "host:port", TCP with
+    /// octet counting (RFC 6587), or TLS (RFC 5425) with `tls`. Unset: the
+    /// records stay in <data_dir>/audit/audit.log only.
+    pub syslog: Option<String>,
+    /// TLS to the receiver (ca_file, optional cert_file/key_file, server_name).
+    pub tls: Option<UpstreamTls>,
 }
 
 /// Over-the-air model updates (ota/): signed bundles from the CLI or a pull.
@@ -292,6 +306,40 @@ pub struct DicomConfig {
     /// Largest PDU (bytes) we accept; announced in A-ASSOCIATE-AC.
     #[serde(default = "default_max_pdu_length")]
     pub max_pdu_length: u32,
+    /// A second listener for DICOM over TLS (PS3.15 B.1, BCP 195); absent: none.
+    #[serde(default)]
+    pub tls: Option<DicomTls>,
+}
+
+/// DICOM over TLS: our certificate, and the CA client certificates chain to.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DicomTls {
+    /// Address and port of the TLS listener, e.g. "0.0.0.0:2762".
+    pub listen: String,
+    /// Our certificate chain (PEM), re-read on SIGHUP.
+    pub cert_file: PathBuf,
+    /// Its private key (PEM), re-read on SIGHUP.
+    pub key_file: PathBuf,
+    /// CA certificate(s) a client certificate must chain to. Set: a client may
+    /// present one (and a peer with `transport = "mutual_tls"` must); a
+    /// certificate that does not verify (other CA, expired) fails the handshake.
+    /// Unset: client certificates are not asked for.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// How an allowed peer may connect.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerTransport {
+    /// Plain TCP or TLS
+    #[default]
+    Any,
+    /// Only over the TLS listener
+    Tls,
+    /// Only over TLS, with a client certificate that verifies against client_ca_file
+    MutualTls,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -301,6 +349,9 @@ pub struct AllowedPeer {
     pub ae_title: String,
     /// An IP address or a CIDR block, e.g. "10.1.2.0/24".
     pub address: String,
+    /// any (default) | tls | mutual_tls
+    #[serde(default)]
+    pub transport: PeerTransport,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -367,6 +418,18 @@ pub struct HttpConfig {
     /// replay). Unset: such requests are refused (403).
     #[serde(default)]
     pub token: Option<String>,
+    /// HTTPS: required when `listen` is not a loopback address.
+    #[serde(default)]
+    pub tls: Option<HttpTls>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTls {
+    /// Our certificate chain (PEM), re-read on SIGHUP.
+    pub cert_file: PathBuf,
+    /// Its private key (PEM).
+    pub key_file: PathBuf,
 }
 
 /// Thresholds of the series gate (clinical.md 1(a), 1(b)).
@@ -512,6 +575,7 @@ impl std::error::Error for ConfigErrors {}
 pub struct PeerRule {
     pub ae_title: Option<String>,
     pub net: IpNet,
+    pub transport: PeerTransport,
 }
 
 impl PeerRule {
@@ -790,6 +854,75 @@ impl Config {
                 format!("must be a number >= 0, not {}", m.min_increase_ml),
             );
         }
+        if let Some(t) = &self.dicom.tls {
+            if let Err(m) = parse_listen(&t.listen) {
+                err("dicom.tls.listen", m);
+            }
+            if let Err((k, m)) = crate::dimse::tls::server_config(
+                &t.cert_file,
+                &t.key_file,
+                t.client_ca_file.as_deref(),
+            ) {
+                err(&format!("dicom.tls.{k}"), m);
+            }
+        } else if let Some(i) = self
+            .dicom
+            .allowed_peers
+            .iter()
+            .position(|p| p.transport != PeerTransport::Any)
+        {
+            err(
+                &format!("dicom.allowed_peers[{i}].transport"),
+                "needs [dicom.tls] (there is no TLS listener)".into(),
+            );
+        }
+        if let Some(i) = self
+            .dicom
+            .allowed_peers
+            .iter()
+            .position(|p| p.transport == PeerTransport::MutualTls)
+        {
+            if self
+                .dicom
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.client_ca_file.is_none())
+            {
+                err(
+                    &format!("dicom.allowed_peers[{i}].transport"),
+                    "mutual_tls needs dicom.tls.client_ca_file".into(),
+                );
+            }
+        }
+        if let Ok(addr) = parse_listen(&self.http.listen) {
+            if !addr.ip().is_loopback() && self.http.tls.is_none() {
+                err(
+                    "http.listen",
+                    format!("{addr} is not a loopback address: serving the API to the network needs [http.tls]"),
+                );
+            }
+        }
+        if let Some(t) = &self.http.tls {
+            if let Err((k, m)) = crate::dimse::tls::server_config(&t.cert_file, &t.key_file, None) {
+                err(&format!("http.tls.{k}"), m);
+            }
+        }
+        if let Some(t) = &self.audit.syslog {
+            match t.rsplit_once(':') {
+                Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0) => {}
+                _ => err(
+                    "audit.syslog",
+                    format!("{t:?} is not host:port such as \"syslog.example.org:6514\""),
+                ),
+            }
+        }
+        if let Some(t) = &self.audit.tls {
+            if self.audit.syslog.is_none() {
+                err("audit.tls", "needs audit.syslog".into());
+            } else if let Err((k, m)) = crate::dimse::tls::client_config(t) {
+                err(&format!("audit.tls.{k}"), m);
+            }
+        }
         let o = &self.ota;
         if o.compatible.trim().is_empty() {
             err("ota.compatible", "must not be empty".into());
@@ -831,6 +964,7 @@ impl Config {
             .map(|p| PeerRule {
                 ae_title: (p.ae_title != "*").then(|| p.ae_title.clone()),
                 net: parse_net(&p.address).expect("validated"),
+                transport: p.transport,
             })
             .collect()
     }
@@ -947,6 +1081,7 @@ mod tests {
         let r = PeerRule {
             ae_title: Some("MRSCANNER1".into()),
             net: "10.1.2.0/24".parse().unwrap(),
+            transport: PeerTransport::Any,
         };
         assert!(r.matches("MRSCANNER1", "10.1.2.77".parse().unwrap()));
         assert!(!r.matches("MRSCANNER2", "10.1.2.77".parse().unwrap()));

@@ -1,6 +1,7 @@
 //! The HTTP side channel: health, readiness, Prometheus metrics, the jobs API.
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ type Body = Full<Bytes>;
 
 pub async fn serve(app: Arc<App>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -32,19 +33,35 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, mut shutdown: watch::Re
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let app = app.clone();
-                async move { Ok::<_, Infallible>(route(&app, req).await) }
-            });
-            // Without a timer, hyper's header timeout does nothing.
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), svc);
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "http connection ended with error");
+            // [http.tls]: HTTPS only, with the certificate in force (SIGHUP reloads it).
+            let Some(tls) = app.tls.http() else {
+                return serve_connection(app, stream, peer.ip()).await;
+            };
+            let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
+            match tokio::time::timeout(Duration::from_secs(10), accept).await {
+                Ok(Ok(s)) => serve_connection(app, s, peer.ip()).await,
+                Ok(Err(e)) => tracing::debug!(error = %e, "https handshake failed"),
+                Err(_) => tracing::debug!("https handshake timed out"),
             }
         });
+    }
+}
+
+async fn serve_connection<I>(app: Arc<App>, io: I, peer: IpAddr)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| {
+        let app = app.clone();
+        async move { Ok::<_, Infallible>(route(&app, req, peer).await) }
+    });
+    // Without a timer, hyper's header timeout does nothing.
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .serve_connection(TokioIo::new(io), svc);
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "http connection ended with error");
     }
 }
 
@@ -60,7 +77,7 @@ fn error(status: StatusCode, message: &str) -> Response<Body> {
     json_response(status, json!({ "error": message }))
 }
 
-async fn route(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
+async fn route(app: &Arc<App>, req: Request<Incoming>, peer: IpAddr) -> Response<Body> {
     if req.method() == Method::POST {
         let path = req.uri().path().to_string();
         let auth = req
@@ -69,7 +86,7 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
             .and_then(|v| v.to_str().ok())
             .map(|s| s.to_string());
         let app = app.clone();
-        return tokio::task::spawn_blocking(move || post(&app, &path, auth.as_deref()))
+        return tokio::task::spawn_blocking(move || post(&app, &path, auth.as_deref(), peer))
             .await
             .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "handler panicked"));
     }
@@ -80,12 +97,16 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
         );
     }
     let path = req.uri().path().to_string();
-    let authorized = token_ok(
-        app,
-        req.headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok()),
-    );
+    let auth = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok());
+    let authorized = token_ok(app, auth);
+    if auth.is_some() && !authorized {
+        // A wrong token on a read: identifiers stay hidden, and the try is recorded.
+        app.metrics.inc("scanside_http_token_failures_total", "");
+        crate::audit::http_token(&app.audit, Some(peer), &path, false);
+    }
     let app = app.clone();
     // Store reads may touch the disk: keep them off the reactor.
     tokio::task::spawn_blocking(move || route_blocking(&app, &path, authorized))
@@ -354,7 +375,7 @@ fn job_summary(app: &App, j: &crate::store::JobRecord, authorized: bool) -> serd
 }
 
 /// Requests that change state: a bearer token is required.
-fn post(app: &App, path: &str, auth: Option<&str>) -> Response<Body> {
+fn post(app: &App, path: &str, auth: Option<&str>, peer: IpAddr) -> Response<Body> {
     if app.config.http.token.is_none() {
         return error(
             StatusCode::FORBIDDEN,
@@ -364,8 +385,10 @@ fn post(app: &App, path: &str, auth: Option<&str>) -> Response<Body> {
     if !token_ok(app, auth) {
         tracing::warn!(path, "HTTP request with a missing or wrong token refused");
         app.metrics.inc("scanside_http_token_failures_total", "");
+        crate::audit::http_token(&app.audit, Some(peer), path, false);
         return error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
     }
+    crate::audit::http_token(&app.audit, Some(peer), path, true);
     // POST /api/v1/outbox/{destination}/{seq}/replay: a dead letter goes back in the queue.
     let rest = path
         .strip_prefix("/api/v1/outbox/")
@@ -439,6 +462,21 @@ fn stage_timings(job: &crate::store::JobRecord) -> serde_json::Value {
     serde_json::Value::Object(m)
 }
 
+/// Where the audit trail goes and whether its receiver takes it.
+fn audit_state(app: &App) -> serde_json::Value {
+    let l = app.audit_link.lock().map(|l| l.clone()).unwrap_or_default();
+    json!({
+        "receiver": app.config.audit.syslog,
+        "link": match (&app.config.audit.syslog, l.up) {
+            (None, _) => "none",
+            (_, Some(true)) => "up",
+            (_, Some(false)) => "down",
+            (_, None) => "unknown",
+        },
+        "last_error": l.last_error,
+    })
+}
+
 fn readyz(app: &App) -> Response<Body> {
     let store_ok = app.store.ping();
     let free = crate::sys::disk_free(app.store.root()).ok();
@@ -465,6 +503,7 @@ fn readyz(app: &App) -> Response<Body> {
         "min_free_bytes": app.config.storage.min_free_bytes,
         "open_series": app.series.open_count(),
         "upstreams": upstreams(app),
+        "audit": audit_state(app),
     });
     let status = if ready {
         StatusCode::OK

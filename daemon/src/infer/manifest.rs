@@ -161,6 +161,15 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
+impl Manifest {
+    /// Parses and checks a manifest.toml (what the fuzz target `manifest` drives).
+    pub fn parse(text: &str) -> Result<Manifest> {
+        let m: Manifest = toml::from_str(text)?;
+        m.check()?;
+        Ok(m)
+    }
+}
+
 impl Bundle {
     pub fn builtin() -> Result<Bundle> {
         Self::from_parts(
@@ -194,8 +203,7 @@ impl Bundle {
         onnx: Vec<u8>,
         golden: &[u8],
     ) -> Result<Bundle> {
-        let manifest: Manifest = toml::from_str(manifest).context("manifest.toml")?;
-        manifest.check().context("manifest.toml")?;
+        let manifest = Manifest::parse(manifest).context("manifest.toml")?;
         let sha256 = sha256_hex(&onnx);
         if !sha256.eq_ignore_ascii_case(&manifest.input.sha256) {
             bail!(

@@ -4,6 +4,7 @@
 
 pub mod manifest;
 pub mod ort_backend;
+#[cfg(feature = "tract")]
 pub mod tract_backend;
 pub mod verify;
 pub mod window;
@@ -120,7 +121,24 @@ impl Model {
         };
         Self::with_bundle(bundle, cfg, cache_root)
     }
+}
 
+fn tract(bundle: &Bundle, io: ModelIo, threads: usize) -> Result<Box<dyn Backend>> {
+    #[cfg(feature = "tract")]
+    {
+        Ok(Box::new(
+            tract_backend::TractBackend::load(&bundle.onnx, io, threads)
+                .context("backend tract")?,
+        ))
+    }
+    #[cfg(not(feature = "tract"))]
+    {
+        let _ = (bundle, io, threads);
+        anyhow::bail!("backend tract: this build has no tract (built without the `tract` feature)")
+    }
+}
+
+impl Model {
     pub fn with_bundle(bundle: Bundle, cfg: &InferenceConfig, cache_root: &Path) -> Result<Model> {
         let io = ModelIo::of(&bundle);
         let backend: Box<dyn Backend> = match cfg.backend {
@@ -128,10 +146,7 @@ impl Model {
                 ort_backend::OrtBackend::load(cfg, &bundle.onnx, &bundle.sha256, io, cache_root)
                     .context("backend ort")?,
             ),
-            BackendChoice::Tract => Box::new(
-                tract_backend::TractBackend::load(&bundle.onnx, io, cfg.threads)
-                    .context("backend tract")?,
-            ),
+            BackendChoice::Tract => tract(&bundle, io, cfg.threads)?,
             BackendChoice::Auto => match ort_backend::OrtBackend::load(
                 cfg,
                 &bundle.onnx,
@@ -142,10 +157,7 @@ impl Model {
                 Ok(b) => Box::new(b),
                 Err(e) => {
                     tracing::warn!(error = %format!("{e:#}"), "ONNX Runtime unavailable; using tract (backend = auto)");
-                    Box::new(
-                        tract_backend::TractBackend::load(&bundle.onnx, io, cfg.threads)
-                            .context("backend tract")?,
-                    )
+                    tract(&bundle, io, cfg.threads)?
                 }
             },
         };

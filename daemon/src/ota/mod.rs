@@ -261,8 +261,30 @@ fn lock(root: &Path) -> Result<Lock, Refused> {
 }
 
 /// Installs a signed bundle (see the module comment); on any failure the model
-/// in service and the links are as they were.
+/// in service and the links are as they were. Either way it goes in the audit trail.
 pub fn install(cfg: &Config, data: &[u8], sig: &str) -> Result<Installed, Refused> {
+    let r = install_checked(cfg, data, sig);
+    let bundle = format!("model bundle sha256:{}", sha256_hex(data));
+    let (what, description) = match &r {
+        Ok(i) => (
+            format!("model {} {} sha256:{}", i.name, i.version, i.sha256),
+            "model installed".to_string(),
+        ),
+        Err(e) => (bundle, format!("model install {e}")),
+    };
+    audit(cfg, r.is_ok(), &what, &description);
+    r
+}
+
+fn audit(cfg: &Config, ok: bool, what: &str, description: &str) {
+    crate::audit::append_direct(
+        &cfg.storage.data_dir,
+        &cfg.dicom.ae_title,
+        &crate::audit::change_event(crate::audit::SOFTWARE_CONFIGURATION, ok, what, description),
+    );
+}
+
+fn install_checked(cfg: &Config, data: &[u8], sig: &str) -> Result<Installed, Refused> {
     if data.len() as u64 > cfg.ota.max_bundle_bytes {
         return Err(refuse(
             "bundle",
@@ -391,6 +413,20 @@ fn switch(
 
 /// Puts the previous model back in service (the current one becomes previous).
 pub fn rollback(cfg: &Config) -> Result<(String, String), Refused> {
+    let r = rollback_checked(cfg);
+    match &r {
+        Ok((from, to)) => audit(
+            cfg,
+            true,
+            &format!("model {to}"),
+            &format!("model rolled back from {from} to {to}"),
+        ),
+        Err(e) => audit(cfg, false, "model", &format!("model rollback {e}")),
+    }
+    r
+}
+
+fn rollback_checked(cfg: &Config) -> Result<(String, String), Refused> {
     let root = models_root(cfg);
     let _lock = lock(&root)?;
     let Some(prev) = link_target(&root, "previous") else {

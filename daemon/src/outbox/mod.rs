@@ -281,6 +281,7 @@ where
     });
     let txn = commitment::transaction_uid(batch[0].seq);
     let mut to_commit = Vec::new();
+    let mut exported = Vec::new();
     for e in batch {
         let outcome = if let Some(ts) = scu.syntax_for(&e.sop_class_uid, &e.transfer_syntax) {
             let bytes = std::fs::read(app.store.root().join(&e.path))
@@ -333,11 +334,15 @@ where
             }
         }
         app.store.outbox_update(&e)?;
+        if matches!(e.state, OutboxState::Delivered | OutboxState::Committing) {
+            exported.push(e.clone());
+        }
         if e.state == OutboxState::Pending {
             // Commit order: later entries wait behind this one's back-off.
             break;
         }
     }
+    audit_export(app, u, &exported);
     if !to_commit.is_empty() {
         let st = scu.request_commitment(&txn, &to_commit)?;
         if st != 0 {
@@ -359,6 +364,51 @@ where
     }
     scu.release()?;
     Ok(())
+}
+
+/// One Export record per study of what the destination took in this batch.
+fn audit_export(app: &App, u: &UpstreamConfig, sent: &[OutboxEntry]) {
+    let mut studies: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+    for e in sent {
+        let study = app
+            .store
+            .job(&e.job_id)
+            .ok()
+            .flatten()
+            .map(|j| j.study_instance_uid)
+            .unwrap_or_default();
+        *studies
+            .entry(study)
+            .or_default()
+            .entry(e.sop_class_uid.clone())
+            .or_default() += 1;
+    }
+    for (study, classes) in studies {
+        let patient = app
+            .store
+            .qr_studies(Some(std::slice::from_ref(&study)))
+            .ok()
+            .and_then(|mut v| v.pop())
+            .map(|s| s.attrs.patient_id)
+            .unwrap_or_default();
+        crate::audit::transfer(
+            &app.audit,
+            crate::audit::Transfer {
+                peer: &u.ae_title,
+                address: format!("{}:{}", u.host, u.port)
+                    .parse::<std::net::SocketAddr>()
+                    .ok()
+                    .map(|a| a.ip()),
+                received: false,
+                export: true,
+                study_uid: &study,
+                patient_id: &patient,
+                classes: classes.into_iter().collect(),
+                ok: true,
+                description: "forwarded upstream",
+            },
+        );
+    }
 }
 
 /// Per destination: pending count, oldest pending age (s), dead letters.

@@ -15,9 +15,7 @@ use anyhow::{anyhow, bail, Result};
 use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::tags as dtags;
 use dicom_object::InMemDicomObject;
-use dicom_ul::association::{Association, AsyncServerAssociation};
 use dicom_ul::pdu::{Pdu, PresentationContextNegotiated, PresentationContextResultReason};
-use tokio::net::TcpStream;
 
 use crate::dimse::command::tags;
 use crate::dimse::syntax::{dataset_in, is_native, ts_of};
@@ -51,9 +49,10 @@ pub const SUBOPS_WITH_FAILURES: u16 = 0xB000;
 
 /// The association and its message assembler, borrowed from the SCP session.
 pub struct Conn<'a> {
-    pub assoc: &'a mut AsyncServerAssociation<TcpStream>,
+    pub assoc: &'a mut crate::scp::ServerAssoc,
     pub asm: &'a mut Assembler,
     pub calling: &'a str,
+    pub peer: std::net::IpAddr,
 }
 
 /// A Q/R request whose identifier is being received.
@@ -105,6 +104,32 @@ pub async fn handle(app: &Arc<App>, conn: &mut Conn<'_>, p: Pending) -> Result<(
             })
             .and_then(|obj| Query::parse(&obj).map_err(|e| (IDENTIFIER_DOES_NOT_MATCH, e.0)))
     };
+    if field == CommandField::CFindRq {
+        app.audit.record(&crate::audit::Event {
+            id: crate::audit::QUERY,
+            kind: None,
+            action: crate::audit::Action::E,
+            outcome: if parsed.is_ok() {
+                crate::audit::Outcome::Success
+            } else {
+                crate::audit::Outcome::MinorFailure
+            },
+            description: if parsed.is_ok() {
+                "C-FIND"
+            } else {
+                "C-FIND refused"
+            },
+            peers: vec![crate::audit::Peer {
+                ae_title: conn.calling,
+                address: Some(conn.peer),
+                role: crate::audit::PeerRole::Source,
+            }],
+            objects: vec![crate::audit::Object::Query {
+                sop_class: pc.abstract_syntax.trim_end_matches('\0'),
+                identifier: &p.identifier,
+            }],
+        });
+    }
     let q = match parsed {
         Ok(q) => q,
         Err((st, why)) => {
@@ -550,6 +575,11 @@ async fn retrieve(
         remaining: rows.len().min(u16::MAX as usize) as u16,
         ..Default::default()
     };
+    let destination = match &target {
+        Target::Get => conn.calling.to_string(),
+        Target::Move(d) => d.ae_title.clone(),
+    };
+    let studies = studies_of(&rows);
     let (cancelled, comment) = match target {
         Target::Get => (
             get_subops(app, conn, pc, cmd, &rows, &mut counts).await?,
@@ -557,6 +587,33 @@ async fn retrieve(
         ),
         Target::Move(d) => move_subops(app, conn, pc, cmd, rows, d, &mut counts).await?,
     };
+    for (study, classes) in studies {
+        let patient = app
+            .store
+            .qr_studies(Some(std::slice::from_ref(&study)))
+            .ok()
+            .and_then(|mut v| v.pop())
+            .map(|s| s.attrs.patient_id)
+            .unwrap_or_default();
+        crate::audit::transfer(
+            &app.audit,
+            crate::audit::Transfer {
+                peer: &destination,
+                address: None,
+                received: false,
+                export: false,
+                study_uid: &study,
+                patient_id: &patient,
+                classes,
+                ok: counts.failed == 0 && !cancelled,
+                description: if matches!(field, CommandField::CGetRsp) {
+                    "C-GET"
+                } else {
+                    "C-MOVE"
+                },
+            },
+        );
+    }
     let label = if matches!(field, CommandField::CGetRsp) {
         "get"
     } else {
@@ -573,6 +630,26 @@ async fn retrieve(
         counts.failed as u64,
     );
     send_final(conn, pc, cmd, field, &counts, cancelled, comment.as_deref()).await
+}
+
+/// Per study, the SOP classes and instance counts of a retrieve (for the audit trail).
+fn studies_of(rows: &[InstanceRow]) -> Vec<(String, Vec<(String, usize)>)> {
+    let mut m: std::collections::BTreeMap<&str, std::collections::BTreeMap<&str, usize>> =
+        Default::default();
+    for r in rows {
+        *m.entry(&r.study_uid)
+            .or_default()
+            .entry(&r.sop_class_uid)
+            .or_default() += 1;
+    }
+    m.into_iter()
+        .map(|(s, c)| {
+            (
+                s.to_string(),
+                c.into_iter().map(|(k, n)| (k.to_string(), n)).collect(),
+            )
+        })
+        .collect()
 }
 
 /// C-GET: each instance as a C-STORE on this association, on a context where

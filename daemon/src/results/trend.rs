@@ -507,7 +507,8 @@ pub fn svg(t: &Trend, key_png: Option<&[u8]>) -> String {
     s + "</svg>\n"
 }
 
-fn base64(b: &[u8]) -> String {
+/// Standard base64 (RFC 4648), for the SVG's embedded picture and audit queries.
+pub(crate) fn base64(b: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut s = String::with_capacity(b.len().div_ceil(3) * 4);
     for ch in b.chunks(3) {

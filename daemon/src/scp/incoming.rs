@@ -26,6 +26,25 @@ enum State {
     Refused { status: u16, comment: String },
 }
 
+/// What a successful C-STORE stored (for series assembly and the audit trail).
+pub struct Received {
+    pub series_uid: String,
+    pub study_uid: String,
+    pub patient_id: String,
+    pub sop_class_uid: String,
+}
+
+impl Received {
+    fn of(h: &store::InstanceHeader) -> Received {
+        Received {
+            series_uid: h.series_uid.clone(),
+            study_uid: h.study_uid.clone(),
+            patient_id: h.query.patient_id.clone(),
+            sop_class_uid: h.sop_class_uid.clone(),
+        }
+    }
+}
+
 pub struct Incoming {
     pc_id: u8,
     rq: CommandSet,
@@ -125,9 +144,9 @@ impl Incoming {
         }
     }
 
-    /// Completes the C-STORE: returns the context id, the response, and the series
-    /// the instance was stored in.
-    pub fn finish(self, app: &App, calling: &str) -> (u8, CommandSet, Option<String>) {
+    /// Completes the C-STORE: returns the context id, the response, and what was
+    /// stored.
+    pub fn finish(self, app: &App, calling: &str) -> (u8, CommandSet, Option<Received>) {
         let (status, comment, series) = match self.state {
             State::Refused { status, comment } => (status, Some(comment), None),
             State::Writing { file, path, failed } => {
@@ -171,7 +190,7 @@ fn commit(
     path: &std::path::Path,
     failed: Option<String>,
     calling: &str,
-) -> (u16, Option<String>, Option<String>) {
+) -> (u16, Option<String>, Option<Received>) {
     let fail = |s: u16, c: String| (s, Some(c), None);
     if let Some(e) = failed {
         tracing::error!(error = %e, "spool write failed");
@@ -229,11 +248,15 @@ fn commit(
                 tracing::warn!(series_ref = %store::hash_ref(&header.series_uid), "late instance reopened a complete series");
             }
             app.series.on_stored(&header.series_uid, series_count);
-            (status::SUCCESS, None, Some(header.series_uid))
+            (status::SUCCESS, None, Some(Received::of(&header)))
         }
         Ok(Commit::Duplicate) => {
             app.metrics.inc("scanside_instances_duplicate_total", "");
-            (status::DUPLICATE_AS_SUCCESS, None, Some(header.series_uid))
+            (
+                status::DUPLICATE_AS_SUCCESS,
+                None,
+                Some(Received::of(&header)),
+            )
         }
         Err(e) => {
             tracing::error!(error = %e, "commit failed");

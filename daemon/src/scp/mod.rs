@@ -4,6 +4,7 @@
 //! association only. A C-STORE is answered 0000 only after the store committed it.
 
 mod access;
+pub mod assoc;
 mod incoming;
 pub mod sop;
 
@@ -13,7 +14,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dicom_ul::association::server::ServerAssociationOptions;
-use dicom_ul::association::{Association, AsyncServerAssociation};
 use dicom_ul::pdu::{
     AssociationRJ, AssociationRJResult, AssociationRJServiceProviderPresentationReason,
     AssociationRJSource, Pdu,
@@ -26,6 +26,7 @@ use crate::dimse::command::tags;
 use crate::dimse::{self, status, Assembler, CommandField, CommandSet, Fragment};
 use crate::App;
 use access::PeerAccess;
+pub use assoc::ServerAssoc;
 use incoming::Incoming;
 
 /// Counts open associations; the guard gives the slot back when dropped, even on panic.
@@ -54,10 +55,11 @@ impl Scp {
     }
 
     /// Accepts associations until `shutdown` turns true, then waits (bounded) for
-    /// the open ones to finish.
+    /// the open ones to finish. `tls`: this is the DICOM TLS listener.
     pub async fn serve(
         &self,
         listener: TcpListener,
+        tls: bool,
         mut shutdown: watch::Receiver<bool>,
         drain: Duration,
     ) {
@@ -93,7 +95,7 @@ impl Scp {
                 let _slot = slot;
                 let m = app.metrics.clone();
                 // A panic inside is caught by the join of this inner task.
-                let inner = tokio::spawn(handle_association(app, stream, peer));
+                let inner = tokio::spawn(handle_association(app, stream, peer, tls));
                 if let Err(e) = inner.await {
                     tracing::error!(error = %e, "association task panicked");
                     m.inc("scanside_associations_aborted_total", "reason=\"panic\"");
@@ -174,6 +176,7 @@ fn reject_reason(e: &dicom_ul::association::Error) -> &'static str {
             _ => "other",
         },
         E::Timeout { .. } => "timeout",
+        E::TlsHandshake { .. } => "tls_handshake",
         E::ReceivePdu { .. } | E::UnknownPdu { .. } | E::UnexpectedPdu { .. } => "bad_pdu",
         E::ConnectionClosed { .. } | E::WireRead { .. } => "connection_closed",
         _ => "other",
@@ -194,11 +197,12 @@ fn receive_error_reason(e: &dicom_ul::association::Error) -> &'static str {
     }
 }
 
-async fn handle_association(app: Arc<App>, stream: TcpStream, peer: SocketAddr) {
+async fn handle_association(app: Arc<App>, stream: TcpStream, peer: SocketAddr, tls: bool) {
     let cfg = &app.config.dicom;
     let read_timeout = Duration::from_secs(cfg.read_timeout_s);
+    let rules = app.peer_rules();
     let mut options = ServerAssociationOptions::new()
-        .ae_access_control(PeerAccess::new(app.peer_rules(), peer.ip()))
+        .ae_access_control(PeerAccess::new(rules.clone(), peer.ip(), tls))
         .ae_title(cfg.ae_title.clone())
         .max_pdu_length(cfg.max_pdu_length)
         .strict(true)
@@ -211,7 +215,33 @@ async fn handle_association(app: Arc<App>, stream: TcpStream, peer: SocketAddr) 
     for uid in sop::TRANSFER_SYNTAXES {
         options = options.with_transfer_syntax(*uid);
     }
-    let assoc = match options.establish_async(stream).await {
+    let established = if tls {
+        let Some(server) = app.tls.dicom() else {
+            tracing::error!("TLS connection without a TLS configuration; closed");
+            return;
+        };
+        // dicom-ul's read timeout starts after the handshake: a peer that
+        // stalls in it must not hold a slot.
+        let handshake = options.tls_config(server);
+        match tokio::time::timeout(read_timeout, handshake.establish_tls_async(stream)).await {
+            Ok(r) => r.map(|a| ServerAssoc::Tls(Box::new(a))),
+            Err(_) => {
+                app.metrics.inc(
+                    "scanside_associations_rejected_total",
+                    "reason=\"tls_handshake_timeout\"",
+                );
+                tracing::warn!(peer = %peer.ip(), "TLS handshake timed out");
+                crate::audit::association(&app, peer.ip(), None, false, "TLS handshake timed out");
+                return;
+            }
+        }
+    } else {
+        options
+            .establish_async(stream)
+            .await
+            .map(ServerAssoc::Plain)
+    };
+    let mut assoc = match established {
         Ok(a) => a,
         Err(e) => {
             let reason = reject_reason(&e);
@@ -219,22 +249,66 @@ async fn handle_association(app: Arc<App>, stream: TcpStream, peer: SocketAddr) 
                 "scanside_associations_rejected_total",
                 &format!("reason=\"{reason}\""),
             );
-            tracing::warn!(peer = %peer.ip(), reason, error = %e, "association rejected");
+            tracing::warn!(peer = %peer.ip(), tls, reason, error = %e, "association rejected");
+            crate::audit::association(&app, peer.ip(), None, false, reason);
             return;
         }
     };
-    app.metrics.inc("scanside_associations_accepted_total", "");
+    // A peer allowed only with a client certificate: checked once TLS is up,
+    // before any message is read; without one the association is aborted.
     let calling = assoc.peer_ae_title().trim().to_string();
-    tracing::info!(peer = %peer.ip(), calling_ae = %calling, "association accepted");
+    if !access::certificate_ok(&rules, &calling, peer.ip(), tls, assoc.client_certificate()) {
+        app.metrics.inc(
+            "scanside_associations_rejected_total",
+            "reason=\"client_certificate_required\"",
+        );
+        tracing::warn!(peer = %peer.ip(), calling_ae = %calling, "association aborted: this peer must present a client certificate");
+        crate::audit::association(
+            &app,
+            peer.ip(),
+            Some(&calling),
+            false,
+            "client_certificate_required",
+        );
+        let _ = assoc.abort().await;
+        return;
+    }
+    app.metrics.inc("scanside_associations_accepted_total", "");
+    tracing::info!(peer = %peer.ip(), calling_ae = %calling, tls, "association accepted");
+    crate::audit::association(
+        &app,
+        peer.ip(),
+        Some(&calling),
+        true,
+        if tls { "tls" } else { "tcp" },
+    );
     let mut session = Session {
         app: app.clone(),
         calling,
+        peer: peer.ip(),
         asm: Assembler::new(),
         incoming: None,
         qr: None,
         series_touched: Default::default(),
+        received: Default::default(),
     };
     let end = session.run(assoc, read_timeout).await;
+    for (study, (patient, classes)) in std::mem::take(&mut session.received) {
+        crate::audit::transfer(
+            &app.audit,
+            crate::audit::Transfer {
+                peer: &session.calling,
+                address: Some(peer.ip()),
+                received: true,
+                export: false,
+                study_uid: &study,
+                patient_id: &patient,
+                classes: classes.into_iter().collect(),
+                ok: true,
+                description: "instances received",
+            },
+        );
+    }
     if !session.series_touched.is_empty() && end == End::Released {
         app.series
             .released(session.series_touched.iter().cloned().collect());
@@ -253,19 +327,19 @@ enum End {
 struct Session {
     app: Arc<App>,
     calling: String,
+    peer: std::net::IpAddr,
     asm: Assembler,
     incoming: Option<Incoming>,
     /// A C-FIND/C-GET/C-MOVE identifier or an N-EVENT-REPORT data set arriving.
     qr: Option<crate::qr::Pending>,
     series_touched: std::collections::BTreeSet<String>,
+    /// Per study: the patient and instances per SOP class (one audit record each).
+    received:
+        std::collections::BTreeMap<String, (String, std::collections::BTreeMap<String, usize>)>,
 }
 
 impl Session {
-    async fn run(
-        &mut self,
-        mut assoc: AsyncServerAssociation<TcpStream>,
-        read_timeout: Duration,
-    ) -> End {
+    async fn run(&mut self, mut assoc: ServerAssoc, read_timeout: Duration) -> End {
         loop {
             let pdu = match tokio::time::timeout(read_timeout, assoc.receive()).await {
                 Ok(Ok(p)) => p,
@@ -321,7 +395,7 @@ impl Session {
 
     async fn on_pdv(
         &mut self,
-        assoc: &mut AsyncServerAssociation<TcpStream>,
+        assoc: &mut ServerAssoc,
         pdv: dicom_ul::pdu::PDataValue,
     ) -> anyhow::Result<()> {
         match self.asm.push(pdv)? {
@@ -353,6 +427,7 @@ impl Session {
                         assoc,
                         asm: &mut self.asm,
                         calling: &self.calling,
+                        peer: self.peer,
                     };
                     crate::qr::handle(&self.app, &mut conn, p).await?;
                 }
@@ -366,9 +441,14 @@ impl Session {
                 inc.write(&bytes);
                 if last {
                     let inc = self.incoming.take().expect("present");
-                    let (pc_id, rsp, series) = inc.finish(&self.app, &self.calling);
-                    if let Some(s) = series {
-                        self.series_touched.insert(s);
+                    let (pc_id, rsp, stored) = inc.finish(&self.app, &self.calling);
+                    if let Some(r) = stored {
+                        self.series_touched.insert(r.series_uid);
+                        let study = self
+                            .received
+                            .entry(r.study_uid)
+                            .or_insert_with(|| (r.patient_id, Default::default()));
+                        *study.1.entry(r.sop_class_uid).or_default() += 1;
                     }
                     assoc.send(&dimse::command_pdu(pc_id, &rsp)).await?;
                 }
@@ -379,7 +459,7 @@ impl Session {
 
     async fn on_command(
         &mut self,
-        assoc: &mut AsyncServerAssociation<TcpStream>,
+        assoc: &mut ServerAssoc,
         pc_id: u8,
         cmd: CommandSet,
     ) -> anyhow::Result<()> {

@@ -223,7 +223,11 @@ pub fn check_element_lengths(data: &[u8], implicit: bool, big_endian: bool) -> R
 /// Checks the whole file (so a truncated data set is caught here, not later) and
 /// returns its identifying attributes.
 pub fn parse_header(path: &Path) -> Result<InstanceHeader> {
-    let bytes = std::fs::read(path)?;
+    parse_header_bytes(&std::fs::read(path)?)
+}
+
+/// The same from the file's bytes (what the fuzz target `instance` drives).
+pub fn parse_header_bytes(bytes: &[u8]) -> Result<InstanceHeader> {
     if bytes.len() < 144 || &bytes[128..132] != b"DICM" {
         return Err(anyhow!("not a DICOM Part 10 file"));
     }

@@ -102,6 +102,22 @@ pub fn utc_now_dicom() -> (String, String) {
     dicom_datetime(now_ms())
 }
 
+/// The current UTC time as RFC 3339 with milliseconds (syslog, audit records).
+pub fn rfc3339_now() -> String {
+    let ms = now_ms();
+    let (d, t) = dicom_datetime(ms);
+    format!(
+        "{}-{}-{}T{}:{}:{}.{:03}Z",
+        &d[..4],
+        &d[4..6],
+        &d[6..],
+        &t[..2],
+        &t[2..4],
+        &t[4..],
+        ms % 1000
+    )
+}
+
 /// A time (ms since the epoch, UTC) as DICOM DA and TM strings.
 pub fn dicom_datetime(ms: u64) -> (String, String) {
     let secs = ms / 1000;
