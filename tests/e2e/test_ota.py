@@ -150,6 +150,13 @@ def test_cli_refuses_each_bad_bundle_installs_a_good_one_and_rolls_back(daemon_f
     # The health check after boot tests the model in service.
     r = run([BIN, "selftest", "--config", d.config_path], timeout=300)
     assert r.returncode == 0 and '"version": "1.0.1"' in r.stdout, r.stderr
+    # Every install and rollback, refused ones included, is in the audit trail.
+    audit = open(os.path.join(d.data_dir, "audit", "audit.log")).read()
+    changes = [line for line in audit.splitlines() if 'csd-code="110131"' in line]
+    # refusals, the early rollback, the good install, tampered, two rollbacks
+    assert len(changes) == len(REFUSALS) + 1 + 1 + 1 + 2, len(changes)
+    assert sum('EventOutcomeIndicator="0"' in c for c in changes) == 3
+    assert any(f"model brats-synth-unet 1.0.1 sha256:{sha}" in c and "model installed" in c for c in changes)
 
 
 class UpdateServer:

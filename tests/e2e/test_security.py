@@ -173,3 +173,21 @@ def test_tls_config_errors_name_their_keys(daemon_factory, pki, tmp_path):
     cfg.write_text(text + tls_section(pki, 2762).replace(pki("ca.crt"), str(tmp_path / "missing.pem")))
     r = run([os.environ.get("SCANSIDE_BIN", "scanside"), "check-config", str(cfg)])
     assert r.returncode != 0 and "dicom.tls.client_ca_file" in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+def test_a_peer_stalled_in_the_tls_handshake_loses_its_slot(daemon_factory, pki):
+    import socket
+    d = tls_daemon(daemon_factory, pki, max_associations=1, read_timeout_s=1)
+    stalled = socket.create_connection(("127.0.0.1", d.tls_port))
+    stalled.sendall(b"\x16\x03\x01")  # the first bytes of a ClientHello, then nothing
+    time.sleep(0.3)
+    # The slot (shared by both listeners) is held while the handshake waits ...
+    r = echo(d, port=d.port)
+    assert r.returncode != 0 and "Association Rejected" in r.stdout + r.stderr, r.stdout + r.stderr
+    # ... and given back once the read timeout has passed.
+    deadline = time.time() + 10
+    while (r := echo(d, *with_cert(pki, "client"))).returncode != 0:
+        assert time.time() < deadline, r.stdout + r.stderr + d.read_log()
+        time.sleep(0.3)
+    assert 'reason="tls_handshake_timeout"' in d.metrics()
+    stalled.close()

@@ -40,12 +40,19 @@ impl Drop for Slot {
 pub struct Scp {
     app: Arc<App>,
     active: Arc<AtomicUsize>,
+    /// Refusals being written (A-ASSOCIATE-RJ after reading the request).
+    rejecting: Arc<AtomicUsize>,
 }
+
+/// At most this many refusals wait for their A-ASSOCIATE-RQ at once; past it a
+/// connection over the limit is closed at once.
+const MAX_REJECTING: usize = 32;
 
 impl Scp {
     pub fn new(app: Arc<App>) -> Self {
         Scp {
             active: app.active_associations.clone(),
+            rejecting: Default::default(),
             app,
         }
     }
@@ -85,8 +92,21 @@ impl Scp {
             let slot = Slot(self.active.clone());
             let app = self.app.clone();
             if n > app.config.dicom.max_associations {
+                // A refusal holds no association slot: refusals must not keep
+                // out the peers that come once a real slot is free.
+                drop(slot);
+                let r = self.rejecting.fetch_add(1, Ordering::SeqCst) + 1;
+                let guard = Slot(self.rejecting.clone());
+                if tls || r > MAX_REJECTING {
+                    // Over TLS the refusal would need a handshake first: close.
+                    app.metrics.inc(
+                        "scanside_associations_rejected_total",
+                        "reason=\"too_many_associations\"",
+                    );
+                    continue;
+                }
                 tokio::spawn(async move {
-                    let _slot = slot;
+                    let _guard = guard;
                     reject_busy(stream, &app).await;
                 });
                 continue;
