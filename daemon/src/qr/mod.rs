@@ -192,7 +192,20 @@ fn truncate(s: &str, n: usize) -> String {
     s.chars().take(n).collect()
 }
 
+/// A data set a peer sent (an identifier, an N-EVENT-REPORT). Its element
+/// lengths are checked first: dicom-object allocates whatever a length claims
+/// (fuzz input tests/corpus/identifier/length-past-end), and a deflated one could
+/// inflate without bound, so it is refused.
 pub fn decode(bytes: &[u8], ts: &str) -> Result<InMemDicomObject> {
+    let uid = ts.trim_end_matches('\0');
+    if uid == "1.2.840.10008.1.2.1.99" {
+        bail!("a deflated identifier is not accepted");
+    }
+    crate::store::check_element_lengths(
+        bytes,
+        uid == "1.2.840.10008.1.2",
+        uid == "1.2.840.10008.1.2.2",
+    )?;
     let ts = ts_of(ts)?;
     InMemDicomObject::read_dataset_with_ts(bytes, ts).map_err(|e| anyhow!("{e}"))
 }

@@ -4,7 +4,8 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
-use dicom_dictionary_std::tags;
+use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
+use dicom_dictionary_std::{tags, StandardDataDictionary};
 use dicom_object::meta::FileMetaTableBuilder;
 use dicom_object::{DefaultDicomObject, OpenFileOptions};
 use sha2::{Digest, Sha256};
@@ -99,6 +100,19 @@ const KNOWN_VRS: &[&[u8; 2]] = &[
     b"UC", b"UI", b"UL", b"UN", b"UR", b"US", b"UT", b"UV",
 ];
 
+/// Bytes per value of the binary VRs. dicom-parser reads length / size values
+/// and moves on by that many bytes, not by the length: a length that is not a
+/// multiple (an SL of 2 bytes) puts it off the element boundaries, where it read
+/// a 4 GB length this walk never saw (fuzz input tests/corpus/instance/oom-6ff6...).
+fn value_size(vr: &[u8; 2]) -> u32 {
+    match vr {
+        b"US" | b"SS" | b"OW" => 2,
+        b"UL" | b"SL" | b"FL" | b"OF" | b"OL" | b"AT" => 4,
+        b"FD" | b"OD" | b"SV" | b"UV" | b"OV" => 8,
+        _ => 1,
+    }
+}
+
 /// Walks the element headers of a data set and checks that no defined length runs
 /// past the end of the data. dicom-rs allocates a value's buffer from its header
 /// before reading it: a 10 KiB file with one bogus length made it take 1.2 GB and
@@ -161,7 +175,11 @@ pub fn check_element_lengths(data: &[u8], implicit: bool, big_endian: bool) -> R
             continue;
         }
         let (len, hdr, vr) = if implicit {
-            (u32_at(pos + 4), 8, [0u8, 0u8])
+            // The VR the parser will take: the dictionary's (unknown: UN).
+            let vr = StandardDataDictionary
+                .by_tag(dicom_core::Tag(group, elem))
+                .map_or([b'U', b'N'], |e| e.vr().relaxed().to_bytes());
+            (u32_at(pos + 4), 8, vr)
         } else {
             let vr = [data[pos + 4], data[pos + 5]];
             if !KNOWN_VRS.contains(&&vr) {
@@ -200,6 +218,13 @@ pub fn check_element_lengths(data: &[u8], implicit: bool, big_endian: bool) -> R
             pos += hdr;
             continue;
         }
+        let size = value_size(&vr);
+        if len % size != 0 {
+            return Err(anyhow!(
+                "element ({group:04X},{elem:04X}) {} has length {len}, not a multiple of {size}",
+                String::from_utf8_lossy(&vr)
+            ));
+        }
         if len as usize > remaining(hdr) {
             return Err(anyhow!(
                 "element ({group:04X},{elem:04X}) claims {len} bytes, {} remain",
@@ -231,16 +256,25 @@ pub fn parse_header_bytes(bytes: &[u8]) -> Result<InstanceHeader> {
     if bytes.len() < 144 || &bytes[128..132] != b"DICM" {
         return Err(anyhow!("not a DICOM Part 10 file"));
     }
-    // The file meta group alone: the data set is not touched before the walk below.
-    let meta = dicom_object::meta::FileMetaTable::from_reader(&bytes[128..])
-        .map_err(|e| anyhow!("file meta: {e}"))?;
-    let ts = meta.transfer_syntax().trim_end_matches('\0').to_string();
     if bytes[132..138] != [0x02, 0x00, 0x00, 0x00, b'U', b'L'] {
         return Err(anyhow!(
             "file meta does not start with its group length (0002,0000)"
         ));
     }
     let meta_len = u32::from_le_bytes([bytes[140], bytes[141], bytes[142], bytes[143]]) as usize;
+    if meta_len > bytes.len() - 144 {
+        return Err(anyhow!(
+            "file meta group length {meta_len} runs past the end of the file"
+        ));
+    }
+    // The meta group's element lengths are checked before dicom-object reads it:
+    // it allocates whatever a length claims (fuzz input tests/corpus/instance/oom-*).
+    check_element_lengths(&bytes[132..144 + meta_len], false, false)
+        .map_err(|e| anyhow!("file meta: {e}"))?;
+    // The file meta group alone: the data set is not touched before the walk below.
+    let meta = dicom_object::meta::FileMetaTable::from_reader(&bytes[128..])
+        .map_err(|e| anyhow!("file meta: {e}"))?;
+    let ts = meta.transfer_syntax().trim_end_matches('\0').to_string();
     if ts != "1.2.840.10008.1.2.1.99" {
         let start = (144 + meta_len).min(bytes.len());
         check_element_lengths(
@@ -317,6 +351,23 @@ mod tests {
         v.extend_from_slice(&(value.len() as u16).to_le_bytes());
         v.extend_from_slice(value);
         v
+    }
+
+    #[test]
+    fn binary_values_must_fill_whole_values() {
+        // Explicit: an SL of 2 bytes (dicom-parser would read none and lose its place).
+        let bad = el(0x0028, 0x0102, b"SL", &[0x0F, 0x00]);
+        let e = check_element_lengths(&bad, false, false).unwrap_err();
+        assert!(e.to_string().contains("not a multiple of 4"), "{e}");
+        assert!(
+            check_element_lengths(&el(0x0028, 0x0102, b"US", &[0x0F, 0x00]), false, false).is_ok()
+        );
+        // Implicit: the dictionary's VR (HighBit is US) decides.
+        let mut imp = vec![0x28, 0x00, 0x02, 0x01];
+        imp.extend_from_slice(&3u32.to_le_bytes());
+        imp.extend_from_slice(&[1, 2, 3]);
+        let e = check_element_lengths(&imp, true, false).unwrap_err();
+        assert!(e.to_string().contains("US has length 3"), "{e}");
     }
 
     #[test]

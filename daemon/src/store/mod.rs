@@ -10,8 +10,8 @@ mod records;
 mod retention;
 
 pub use files::{
-    attr_text, hash_ref, parse_header, parse_header_bytes, valid_uid, write_part10_header,
-    InstanceHeader,
+    attr_text, check_element_lengths, hash_ref, parse_header, parse_header_bytes, valid_uid,
+    write_part10_header, InstanceHeader,
 };
 pub use files::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 pub use records::{
