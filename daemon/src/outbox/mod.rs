@@ -384,13 +384,7 @@ fn audit_export(app: &App, u: &UpstreamConfig, sent: &[OutboxEntry]) {
             .or_default() += 1;
     }
     for (study, classes) in studies {
-        let patient = app
-            .store
-            .qr_studies(Some(std::slice::from_ref(&study)))
-            .ok()
-            .and_then(|mut v| v.pop())
-            .map(|s| s.attrs.patient_id)
-            .unwrap_or_default();
+        let patient = app.store.patient_id_of_study(&study);
         crate::audit::transfer(
             &app.audit,
             crate::audit::Transfer {

@@ -158,9 +158,16 @@ pub fn check_element_lengths(data: &[u8], implicit: bool, big_endian: bool) -> R
                 if elem == 0xE0DD {
                     in_fragments = false;
                 }
-            } else if elem == 0xE000 && len == u32::MAX {
+            } else if elem != 0xE000 {
+                // Only items and the two delimiters live in group FFFE; dicom-parser
+                // reads anything else there as a value of the claimed length.
+                return Err(anyhow!(
+                    "(FFFE,{elem:04X}) at byte {} is not an item or a delimiter",
+                    pos - 8
+                ));
+            } else if len == u32::MAX {
                 open_undefined += 1;
-            } else if elem == 0xE000 {
+            } else {
                 if len as usize > data.len() - pos {
                     return Err(anyhow!(
                         "item claims {len} bytes, {} remain",
@@ -368,6 +375,10 @@ mod tests {
         imp.extend_from_slice(&[1, 2, 3]);
         let e = check_element_lengths(&imp, true, false).unwrap_err();
         assert!(e.to_string().contains("US has length 3"), "{e}");
+        // Group FFFE holds items and delimiters only (fuzz input identifier/oom-578b...).
+        let odd = [0xFE, 0xFF, 0x53, 0x5E, 0xFF, 0x00, 0xFB, 0xF9];
+        let e = check_element_lengths(&odd, false, false).unwrap_err();
+        assert!(e.to_string().contains("not an item or a delimiter"), "{e}");
     }
 
     #[test]

@@ -91,6 +91,17 @@ pub struct OpenReport {
     pub tmp_files_removed: u64,
 }
 
+/// sled's page cache. Its default (1 GiB) grows with the index under load and
+/// would compete with the model for a Jetson's shared CPU/GPU memory.
+const INDEX_CACHE_BYTES: u64 = 64 << 20;
+
+fn open_index(dir: &Path) -> sled::Result<sled::Db> {
+    sled::Config::new()
+        .path(dir)
+        .cache_capacity(INDEX_CACHE_BYTES)
+        .open()
+}
+
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -112,7 +123,7 @@ impl Store {
 
         let index_dir = root.join("index");
         let fresh = !index_dir.join("db").exists();
-        let db = match sled::open(&index_dir) {
+        let db = match open_index(&index_dir) {
             Ok(db) => {
                 if fresh {
                     report.rebuild_reason = Some("index missing".into());
@@ -125,7 +136,7 @@ impl Store {
                 tracing::error!(error = %e, aside = %aside.display(), "index corrupt; rebuilding from spool");
                 fs::rename(&index_dir, &aside)?;
                 report.rebuild_reason = Some(format!("index corrupt: {e}"));
-                sled::open(&index_dir).context("cannot create a new index")?
+                open_index(&index_dir).context("cannot create a new index")?
             }
         };
         let db_file = File::open(index_dir.join("db")).context("sled data file missing")?;
@@ -365,6 +376,15 @@ impl Store {
     }
 
     /// Study rows; with `uids`, only those studies (direct lookups).
+    /// The Patient ID the query/retrieve index holds for a study ("" if none).
+    pub fn patient_id_of_study(&self, study_uid: &str) -> String {
+        self.qr_studies(Some(&[study_uid.to_string()]))
+            .ok()
+            .and_then(|mut v| v.pop())
+            .map(|s| s.attrs.patient_id)
+            .unwrap_or_default()
+    }
+
     pub fn qr_studies(&self, uids: Option<&[String]>) -> Result<Vec<query::StudyRow>> {
         match uids {
             Some(u) => u
