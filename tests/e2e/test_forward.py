@@ -14,6 +14,7 @@ import pytest
 import brain
 from conftest import free_port, run, toml_str
 from orthanc import Orthanc
+from pki import make_pki
 from test_segmentation import send, wait_state
 
 
@@ -356,28 +357,6 @@ def test_storage_commitment_counts_an_object_delivered_only_once_committed(daemo
         assert int(o.rest("/statistics")["CountInstances"]) == 3
     finally:
         o.stop()
-
-
-def make_pki(d):
-    """A CA and a server certificate for localhost / 127.0.0.1 (openssl)."""
-    os.makedirs(d, exist_ok=True)
-    p = lambda n: os.path.join(d, n)  # noqa: E731
-    with open(p("ext"), "w") as f:
-        f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
-                "keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\n")
-    for argv in (
-        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", p("ca.key"), "-out", p("ca.crt"),
-         "-days", "2", "-subj", "/CN=scanside test CA"],
-        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", p("server.key"), "-out", p("server.csr"),
-         "-subj", "/CN=localhost"],
-        ["x509", "-req", "-in", p("server.csr"), "-CA", p("ca.crt"), "-CAkey", p("ca.key"),
-         "-CAcreateserial", "-out", p("server.crt"), "-days", "2", "-extfile", p("ext")],
-        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", p("other.key"), "-out", p("other.crt"),
-         "-days", "2", "-subj", "/CN=some other CA"],
-    ):
-        r = run(["openssl"] + argv)
-        assert r.returncode == 0, r.stderr
-    return p
 
 
 def test_forwarding_over_tls_checks_the_hub_certificate(daemon_factory, tmp_path):

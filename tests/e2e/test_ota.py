@@ -240,7 +240,7 @@ def test_the_daemon_pulls_from_an_update_server_and_refuses_a_truncated_download
 
 
 def test_https_update_server_must_chain_to_the_site_ca(daemon_factory, bundles, tmp_path):
-    from test_forward import make_pki
+    from pki import make_pki
     pki = make_pki(str(tmp_path / "pki"))
     srv = UpdateServer(tls=(pki("server.crt"), pki("server.key")))
     try:

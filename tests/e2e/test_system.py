@@ -70,7 +70,7 @@ def test_check_config_accepts_the_shipped_files(tmp_path):
     assert r.returncode == 0, r.stderr
     # Each example site over the device layers, its certificate paths pointed
     # at real PEM files (on a box they sit on the data partition).
-    from test_forward import make_pki
+    from pki import make_pki
     pki = make_pki(str(tmp_path / "tls"))
     sites = sorted(os.listdir(os.path.join(fc, "sites")))
     assert len(sites) >= 2
