@@ -1,7 +1,7 @@
 //! scanside: an edge appliance daemon beside an MRI scanner.
 //!
 //! One module per box of the flow in DESIGN.md: `scp` receives, `store` keeps,
-//! `series` assembles, `http` and `sys` are the side channels. `dimse` is the
+//! `series` assembles, `http`, `audit` and `sys` are the side channels. `dimse` is the
 //! message layer that the SCP (and later Q/R and the forwarder) share.
 
 pub mod audit;
